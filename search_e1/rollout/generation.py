@@ -1,0 +1,144 @@
+"""One generation turn for a batch of contexts: the seam between the state machine and a backend.
+
+`TurnGenerator` is what the rollout engine calls once per turn. `HFTurnGenerator` is the
+reference backend: one ``model.generate`` call over the whole (left-padded) context of every
+active row, stopping each row at ``</search>``, ``</answer>``, EOS or the token budget. It
+re-encodes the full context every turn (no KV cache across turns); it stays as the reference
+that faster engines are checked and benchmarked against.
+
+Sampling log-probs are those of the tempered, *untruncated* distribution
+``log_softmax(logits / temperature)`` at the sampled token: with the default ``top_k = 0`` and
+``top_p = 1`` this is exactly the sampling distribution, and it is the distribution the
+training forward pass recomputes, so importance ratios start at 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from search_e1.protocol import STOP_STRINGS
+
+
+@dataclass
+class TurnOutput:
+    """What one row produced in one turn."""
+
+    ids: list[int]
+    """Sampled token ids, cut just after the stop string or the EOS token."""
+    logprobs: list[float]
+    """Sampling log-prob of each id."""
+    stop: str
+    """Why the turn ended: "stop" (a stop string), "eos" or "length"."""
+
+
+class TurnGenerator(Protocol):
+    """Generates one turn for each context; ``max_new_tokens`` is a per-row budget."""
+
+    def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]: ...
+
+
+def left_pad(contexts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists into ``input_ids [B, T]`` and ``attention_mask [B, T]``."""
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)  # [B, T]
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)  # [B, T]
+    for i, ctx in enumerate(contexts):
+        ids[i, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
+        mask[i, width - len(ctx) :] = 1
+    return ids, mask
+
+
+def stop_cut(tokenizer: Any, ids: list[int], stops: tuple[str, ...] = STOP_STRINGS) -> int | None:
+    """Length of the shortest prefix of ``ids`` whose text contains a stop string, or None.
+
+    Binary search over prefixes (containment is monotone in the prefix length).
+    """
+    if not ids or not any(s in tokenizer.decode(ids) for s in stops):
+        return None
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in tokenizer.decode(ids[:mid]) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def cut_turn(tokenizer: Any, new_ids: list[int], eos_ids: set[int]) -> tuple[int, str]:
+    """Where a row's turn ends inside ``new_ids``: ``(length, reason)``."""
+    eos_at = next((i for i, t in enumerate(new_ids) if t in eos_ids), None)
+    stop_at = stop_cut(tokenizer, new_ids if eos_at is None else new_ids[:eos_at])
+    if stop_at is not None:
+        return stop_at, "stop"
+    if eos_at is not None:
+        return eos_at + 1, "eos"
+    return len(new_ids), "length"
+
+
+class HFTurnGenerator:
+    """Reference backend: ``transformers`` ``generate`` over the whole context, per turn.
+
+    Args:
+        model: the causal LM (``Policy.model``).
+        tokenizer: its tokenizer.
+        eos_ids: tokens that end a trajectory.
+        temperature: sampling temperature; 0 means greedy decoding (log-probs at temperature 1).
+        top_k: 0 disables top-k truncation.
+        top_p: 1.0 disables nucleus truncation.
+        batch_size: rows per ``generate`` call.
+        generate_kwargs: extra keyword arguments for ``generate`` (e.g. a ``logits_processor``).
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, eos_ids: list[int], temperature: float = 1.0,
+        top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_ids = set(eos_ids)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.batch_size = batch_size
+        self.generate_kwargs = dict(generate_kwargs or {})
+
+    def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]:
+        outputs: list[TurnOutput] = []
+        for start in range(0, len(contexts), self.batch_size):
+            chunk = contexts[start : start + self.batch_size]
+            budget = max_new_tokens[start : start + self.batch_size]
+            outputs.extend(self._generate(chunk, budget))
+        return outputs
+
+    @torch.no_grad()
+    def _generate(self, contexts: list[list[int]], budgets: list[int]) -> list[TurnOutput]:
+        pad_id = self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        input_ids, attention = left_pad(contexts, pad_id)
+        greedy = self.temperature <= 0
+        sampling = {} if greedy else {
+            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+        }
+        out = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device),
+            do_sample=not greedy, max_new_tokens=max(budgets), stop_strings=list(STOP_STRINGS),
+            tokenizer=self.tokenizer, output_logits=True, return_dict_in_generate=True,
+            pad_token_id=pad_id, eos_token_id=sorted(self.eos_ids), **sampling,
+            **self.generate_kwargs,
+        )
+        new = out.sequences[:, input_ids.shape[1] :]  # [B, S]
+        temp = 1.0 if greedy else self.temperature
+        steps = [
+            torch.log_softmax(step.float() / temp, dim=-1).gather(-1, new[:, s, None]).squeeze(-1)
+            for s, step in enumerate(out.logits)
+        ]  # S x [B]
+        logprobs = torch.stack(steps, dim=1).cpu()  # [B, S]
+        results = []
+        for i, budget in enumerate(budgets):
+            row = new[i, :budget].tolist()
+            length, reason = cut_turn(self.tokenizer, row, self.eos_ids)
+            results.append(TurnOutput(row[:length], logprobs[i, :length].tolist(), reason))
+        return results
