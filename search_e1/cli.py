@@ -16,10 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # keep `search-e1 --help` fast: heavy modules load inside the commands
-    from search_e1.retrieval import EmbedderConfig
+from search_e1.retrieval.embedder import EmbedderConfig
 
 
 def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
@@ -37,7 +35,7 @@ def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
         logging.getLogger("search_e1").info("%s: %s", name, path)
 
 
-def index(corpus: Path, out: Path | None = None, embedder: EmbedderConfig | None = None,
+def index(corpus: Path, out: Path | None = None, embedder: EmbedderConfig = EmbedderConfig(),  # noqa: B008
           progress: bool = True) -> None:
     """Embed a wiki-18 style corpus (jsonl) and write a faiss inner-product Flat index.
 
@@ -47,10 +45,10 @@ def index(corpus: Path, out: Path | None = None, embedder: EmbedderConfig | None
         embedder: Passage/query encoder settings.
         progress: Show a progress bar.
     """
-    from search_e1.retrieval import EmbedderConfig, build_index
+    from search_e1.retrieval import build_index
 
     out = out or Path(corpus).parent / "index"
-    build_index(corpus, out, embedder or EmbedderConfig(), progress=progress)
+    build_index(corpus, out, embedder, progress=progress)
 
 
 def convert(gguf: Path | None = None, out: Path | None = None) -> None:
@@ -81,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
-        auto_cli(COMMANDS, args=argv, as_positional=False)
+        auto_cli(COMMANDS, args=argv, as_positional=False, prog="search-e1")
     except (UserInputError, FileNotFoundError) as err:
         logging.getLogger("search_e1").error("%s", err)
         sys.exit(2)

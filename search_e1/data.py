@@ -46,6 +46,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from search_e1.errors import UserInputError
+
 if TYPE_CHECKING:  # pragma: no cover
     from search_e1.retrieval import RetrieverConfig
     from search_e1.retrieval.base import Retriever
@@ -56,7 +58,7 @@ QUESTION_MARKER = "Question:"
 """Search-R1's prompt ends with ``Question: {question}``; the question follows the last marker."""
 
 
-class QADataError(ValueError):
+class QADataError(UserInputError):
     """A QA file that cannot be read; the message starts with the file (and line or row)."""
 
 
@@ -391,6 +393,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.num_workers = _check_int(num_workers, "num_workers", minimum=0)
         self._examples: dict[str, list[QAExample]] = {}
         self._retriever: Retriever | None = None
+        self._round: tuple[int, int] | None = None
         # plain types only (checkpoints load with weights_only); not sent to the logger, so keys
         # such as `seed` or `batch_size` cannot clash with the LightningModule's hparams
         self.save_hyperparameters(
@@ -490,10 +493,49 @@ class RetrievalDataModule(L.LightningDataModule):
 
     # dataloaders ----------------------------------------------------------------------------
 
+    def schedule_round(self, start_batch: int, num_batches: int) -> None:
+        """Make the next ``train_dataloader()`` yield exactly ``num_batches`` batches, taken from
+        the endless stream of training questions (re-shuffled every epoch with ``seed + epoch``)
+        from global batch ``start_batch`` on. Under torch.distributed a global batch holds
+        ``batch_size`` questions per rank and each rank gets its own slice (use the Trainer
+        with ``use_distributed_sampler=False``). The `Evolver` calls this before each GRPO round,
+        so rounds continue where the previous one stopped, also after a resume."""
+        self._round = (_check_int(start_batch, "start_batch", minimum=0),
+                       _check_int(num_batches, "num_batches", minimum=0))
+
+    def stream_indices(self, start: int, count: int) -> list[int]:
+        """Positions ``start .. start + count - 1`` of the endless training stream, as indices
+        into ``examples("train")``."""
+        n = len(self.examples("train"))
+        out, perms = [], {}
+        for pos in range(start, start + count):
+            epoch = pos // n
+            if epoch not in perms:
+                perms[epoch] = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                                if self.shuffle else torch.arange(n)).tolist()
+            out.append(perms[epoch][pos % n])
+        return out
+
+    def sample_train(self, k: int, seed: int) -> list[QAExample]:
+        """``k`` training questions drawn without replacement (all of them when ``k >= n``)."""
+        examples = self.examples("train")
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+        return [examples[i] for i in order[: min(k, len(examples))]]
+
     def train_dataloader(self) -> DataLoader:
-        """Training questions, shuffled with a generator seeded by ``seed`` when ``shuffle``."""
-        generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
-        return self._loader("train", self.batch_size, generator)
+        """Training questions: the scheduled round (`schedule_round`) or, without a schedule,
+        one epoch shuffled with a generator seeded by ``seed`` when ``shuffle``."""
+        if self._round is None:
+            generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
+            return self._loader("train", self.batch_size, generator)
+        start, count = self._round
+        rank, world = _rank_world()
+        per_global = self.batch_size * world
+        flat = self.stream_indices(start * per_global, count * per_global)
+        batches = [flat[b * per_global + rank * self.batch_size : b * per_global + (rank + 1) * self.batch_size]
+                   for b in range(count)]
+        return DataLoader(self.examples("train"), batch_sampler=batches,  # type: ignore[arg-type]
+                          collate_fn=collate_questions, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         """Validation questions in file order (needs ``val_files``; without them set
@@ -523,6 +565,14 @@ class RetrievalDataModule(L.LightningDataModule):
 
 # --------------------------------------------------------------------------------------------
 # argument checks
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _as_file_list(value: Any, name: str) -> tuple[str, ...]:

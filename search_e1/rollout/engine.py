@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from search_e1.distributed import any_rank
 from search_e1.protocol import (
     PromptConfig,
     build_messages,
@@ -185,7 +186,7 @@ def rollout(
     rows = [Row(group=q, prompt=prompts[q]) for q in range(len(questions)) for _ in range(cfg.group_size)]
     for turn in range(cfg.max_turns):
         active = [r for r in rows if r.state is State.GENERATE]
-        if not active:
+        if not any_rank(bool(active)):  # every rank runs the same number of turns
             break
         budgets = [min(cfg.max_new_tokens, cfg.max_total_tokens - r.length) for r in active]
         outputs = gen([r.context() for r in active], budgets)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from search_e1.distributed import is_distributed, max_over_ranks
 from search_e1.protocol import STOP_STRINGS
 
 
@@ -106,11 +107,18 @@ class HFTurnGenerator:
         self.generate_kwargs = dict(generate_kwargs or {})
 
     def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]:
+        """Generate in chunks of ``batch_size``. Under torch.distributed every rank makes the
+        same number of ``generate`` calls (a rank with fewer rows makes one-token dummy calls)
+        and each call runs with ``synced_gpus`` so FSDP's all-gathers stay matched."""
         outputs: list[TurnOutput] = []
-        for start in range(0, len(contexts), self.batch_size):
-            chunk = contexts[start : start + self.batch_size]
-            budget = max_new_tokens[start : start + self.batch_size]
-            outputs.extend(self._generate(chunk, budget))
+        n_calls = max_over_ranks(-(-len(contexts) // self.batch_size))
+        for call in range(n_calls):
+            chunk = contexts[call * self.batch_size : (call + 1) * self.batch_size]
+            budget = max_new_tokens[call * self.batch_size : (call + 1) * self.batch_size]
+            if chunk:
+                outputs.extend(self._generate(chunk, budget))
+            else:  # keep this rank in step with the others
+                self._generate([[self.tokenizer.pad_token_id]], [1])
         return outputs
 
     @torch.no_grad()
@@ -126,7 +134,8 @@ class HFTurnGenerator:
             input_ids=input_ids.to(device), attention_mask=attention.to(device),
             do_sample=not greedy, max_new_tokens=max(budgets), stop_strings=list(STOP_STRINGS),
             tokenizer=self.tokenizer, output_logits=True, return_dict_in_generate=True,
-            pad_token_id=pad_id, eos_token_id=sorted(self.eos_ids), **sampling,
+            pad_token_id=pad_id, eos_token_id=sorted(self.eos_ids), synced_gpus=is_distributed(),
+            **sampling,
             **self.generate_kwargs,
         )
         new = out.sequences[:, input_ids.shape[1] :]  # [B, S]

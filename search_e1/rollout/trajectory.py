@@ -126,6 +126,29 @@ class Trajectory:
         return path
 
     @classmethod
+    def concat(cls, parts: Sequence[Trajectory], pad_id: int) -> Trajectory:
+        """Rows of several batches in one (e.g. gathered from ranks); group ids are offset so
+        that groups stay distinct."""
+        length = max(p.input_ids.shape[1] for p in parts)
+        pad_value = {"input_ids": pad_id}
+        columns: dict[str, Any] = {}
+        for name in ("input_ids", "attention_mask", "loss_mask", "logprobs"):
+            columns[name] = torch.cat([
+                torch.nn.functional.pad(getattr(p, name), (0, length - p.input_ids.shape[1]),
+                                        value=pad_value.get(name, 0))
+                for p in parts])
+        offsets, total = [], 0
+        for p in parts:
+            offsets.append(total)
+            total += int(p.group_ids.max()) + 1 if len(p) else 0
+        columns["group_ids"] = torch.cat([p.group_ids + o for p, o in zip(parts, offsets, strict=True)])
+        for name in ("prompt_lengths", "num_searches", "num_turns", "rewards"):
+            columns[name] = torch.cat([getattr(p, name) for p in parts])
+        for name in ("answers", "finish_reasons", "questions", "golden_answers"):
+            columns[name] = [x for p in parts for x in getattr(p, name)]
+        return cls(**columns)
+
+    @classmethod
     def from_rows(
         cls, prompts: Sequence[Sequence[int]], segments: Sequence[Sequence[Segment]], pad_id: int,
         **per_row: Any,

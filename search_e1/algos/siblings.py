@@ -1,0 +1,127 @@
+"""Choose, for each trajectory, the more efficient correct sibling that the OFSD teacher sees.
+
+A sibling of trajectory ``i`` is another trajectory ``j`` of the same question (same group id).
+It is *more efficient* when it is correct and strictly cheaper in the lexicographic cost
+``(num_searches, num_tokens)``: ``(s_j, t_j) < (s_i, t_i)``. Selectors are picked by name from
+`SIBLING_SELECTORS` and return ``[N]`` long: the index of the chosen sibling, or -1 when there is
+none (trajectory ``i`` then gets no OFSD loss).
+
+``most_efficient`` picks, among the more efficient siblings, the cheapest one (fewest searches,
+then fewest tokens, then the lowest index). Consequences: a correct trajectory can still have a
+cheaper correct sibling; the cheapest correct trajectory of a group has none; a group with no
+correct trajectory gives -1 everywhere; an incorrect trajectory cheaper than every correct one
+gets -1.
+
+Implementation: no ``[N, N]`` comparison is needed. Let ``j*`` be the cheapest correct member of
+the group in the order ``(s, t, index)``; if any correct ``j`` satisfies ``(s_j, t_j) <
+(s_i, t_i)``, then so does ``j*`` (it is minimal in ``(s, t)``) and it is the cheapest such ``j``
+(and ``j* != i`` since the inequality is strict). So the answer is ``j*`` if ``(s_j*, t_j*) <
+(s_i, t_i)`` else -1: one lexicographic sort and one scatter-min, O(N log N).
+
+Departure from the paper: the paper describes the sibling as "correct and cheaper"; the tie-break
+by lowest index (deterministic) and the strictness (an equally cheap sibling is not a teacher) are
+our choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+SiblingFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""``(group_ids [N], correct [N], num_searches [N], num_tokens [N]) -> sibling index [N] (-1: none)``."""
+
+__all__ = [
+    "SIBLING_SELECTORS",
+    "SiblingFn",
+    "get_sibling_selector",
+    "lexicographic_rank",
+    "register_sibling_selector",
+    "select_siblings",
+]
+
+
+def lexicographic_rank(primary: Tensor, secondary: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort order and rank of ``N`` items by ``(primary, secondary, index)``.
+
+    Returns ``(order [N], rank [N])`` with ``order[rank[i]] == i``; ``order[0]`` is the smallest.
+    """
+    n = primary.numel()
+    order = torch.arange(n, device=primary.device)  # [N] ties -> lowest index (stable sorts)
+    order = order[torch.sort(secondary[order], stable=True).indices]  # [N]
+    order = order[torch.sort(primary[order], stable=True).indices]  # [N]
+    rank = torch.empty_like(order)  # [N]
+    rank[order] = torch.arange(n, device=primary.device)  # [N]
+    return order, rank
+
+
+def select_siblings(
+    group_ids: Tensor, correct: Tensor, num_searches: Tensor, num_tokens: Tensor
+) -> Tensor:
+    """Index of the cheapest correct same-group sibling strictly cheaper than each trajectory.
+
+    Args:
+        group_ids: ``[N]`` long, any integer id per question.
+        correct: ``[N]`` bool (or 0/1), whether the trajectory's answer is correct.
+        num_searches: ``[N]`` long, search calls made.
+        num_tokens: ``[N]`` long, tokens the policy generated.
+
+    Returns:
+        ``[N]`` long: the sibling index ``j != i``, or -1 when none is strictly cheaper.
+    """
+    n = group_ids.numel()
+    for name, x in (
+        ("correct", correct),
+        ("num_searches", num_searches),
+        ("num_tokens", num_tokens),
+    ):
+        if x.shape != group_ids.shape or x.dim() != 1:
+            raise ValueError(f"{name} {tuple(x.shape)} must match group_ids [N] = {(n,)}")
+    none = torch.full((n,), -1, dtype=torch.long, device=group_ids.device)  # [N]
+    if n == 0:
+        return none
+    order, rank = lexicographic_rank(num_searches, num_tokens)  # [N], [N]
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N] in [0, G)
+    num_groups = int(inv.max().item()) + 1
+    # cheapest correct rank per group; n = "no correct member"
+    cand_rank = torch.where(correct.bool(), rank, torch.full_like(rank, n))  # [N]
+    best = torch.full((num_groups,), n, dtype=torch.long, device=rank.device)  # [G]
+    best = best.scatter_reduce(0, inv, cand_rank, reduce="amin", include_self=True)  # [G]
+    best_rank = best[inv]  # [N]
+    has_best = best_rank < n  # [N]
+    j = order[best_rank.clamp(max=n - 1)]  # [N] (meaningless where ~has_best)
+    s_i, t_i, s_j, t_j = num_searches, num_tokens, num_searches[j], num_tokens[j]  # [N] each
+    cheaper = (s_j < s_i) | ((s_j == s_i) & (t_j < t_i))  # [N]
+    return torch.where(has_best & cheaper, j, none)  # [N]
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+SIBLING_SELECTORS: dict[str, SiblingFn] = {}
+"""Sibling selectors by name."""
+
+
+def register_sibling_selector(name: str) -> Callable[[SiblingFn], SiblingFn]:
+    """Decorator registering a sibling selector under ``name``; duplicates are refused."""
+
+    def decorator(fn: SiblingFn) -> SiblingFn:
+        if name in SIBLING_SELECTORS:
+            raise ValueError(f"sibling selector {name!r} is already registered")
+        SIBLING_SELECTORS[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_sibling_selector(name: str) -> SiblingFn:
+    """The registered sibling selector ``name``."""
+    if name not in SIBLING_SELECTORS:
+        raise ValueError(
+            f"unknown sibling selector {name!r}; registered: {sorted(SIBLING_SELECTORS)}"
+        )
+    return SIBLING_SELECTORS[name]
+
+
+register_sibling_selector("most_efficient")(select_siblings)
