@@ -31,14 +31,26 @@ _LAZY: dict[str, str] = {
     "exact_match": "search_e1.rewards",
     "f1_score": "search_e1.rewards",
     "QAMetric": "search_e1.metrics",
+    "GRPOModule": "search_e1.grpo",
+    "GRPOConfig": "search_e1.grpo",
+    "OFSDModule": "search_e1.ofsd",
+    "OFSDConfig": "search_e1.ofsd",
+    "Evolver": "search_e1.evolver",
+    "EvolverConfig": "search_e1.evolver",
 }
-_SUBMODULES = {"protocol", "rewards", "metrics", "retrieval", "rollout", "policy", "data", "demo_world"}
+_SUBMODULES = {
+    "algos", "data", "demo_world", "evaluate", "evolver", "grpo", "metrics", "ofsd", "policy", "protocol",
+    "retrieval", "rewards", "rollout",
+}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 
 if TYPE_CHECKING:  # pragma: no cover
     from search_e1.data import RetrievalDataModule  # noqa: F401
+    from search_e1.evolver import Evolver, EvolverConfig  # noqa: F401
+    from search_e1.grpo import GRPOConfig, GRPOModule  # noqa: F401
     from search_e1.metrics import QAMetric  # noqa: F401
+    from search_e1.ofsd import OFSDConfig, OFSDModule  # noqa: F401
     from search_e1.policy import Policy  # noqa: F401
     from search_e1.protocol import PromptConfig, extract_answer, parse_action  # noqa: F401
     from search_e1.retrieval import DenseRetriever, Passage, Retriever  # noqa: F401

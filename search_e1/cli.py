@@ -1,25 +1,62 @@
-"""The ``search-e1`` command: a small table of subcommands, each a typed function.
+"""The ``search-e1`` command: a small table of subcommands on Lightning's argument parser.
 
-    search-e1 demo-data --out demo            # write the fictional demo world (corpus + QA splits)
-    search-e1 index --corpus demo/corpus.jsonl --out demo/index
-    search-e1 convert                         # convert the embedded GGUF policy into the HF cache
-    search-e1 COMMAND --help                  # every argument with its docstring
+    search-e1 fit --config conf/quickstart.yaml [--grpo.group_size 4] [--trainer.devices 2]
+    search-e1 evaluate --config conf/quickstart.yaml --ckpt runs/quickstart/checkpoints/round_2
+    search-e1 demo-data --out demo            # the fictional demo world (corpus + QA splits)
+    search-e1 index --corpus demo/corpus.jsonl
+    search-e1 convert                         # the embedded GGUF policy -> HF cache directory
+    search-e1 COMMAND --help                  # every knob with its docstring
 
-Arguments come from the functions' signatures and docstrings (jsonargparse), so ``--help`` and
-``--print_config`` always match the code; nested configs take dotted overrides
-(``--embedder.batch_size 128``) and ``--config FILE.yaml``. The training loop (``fit``,
-``evaluate``) is added on the same table by the next milestone.
+``fit`` and ``evaluate`` read one typed group per config object (``policy``, ``demo_world``,
+``data``, ``prompt``, ``rollout``, ``reward``, ``grpo``, ``ofsd``, ``evolver``, ``trainer``);
+several ``--config`` files merge in order, dotted flags override them, ``--print_config`` shows the
+result, and unknown keys or wrong types are refused with the key's name. ``trainer.strategy:
+fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from search_e1.retrieval.embedder import EmbedderConfig
 
+log = logging.getLogger("search_e1")
 
+FIT_GROUPS = ("policy", "demo_world", "data", "prompt", "rollout", "reward", "grpo", "ofsd", "evolver")
+# Trainer arguments the Evolver sets itself for every round
+_TRAINER_OWNED = {
+    "logger", "callbacks", "enable_checkpointing", "max_epochs", "min_epochs", "max_steps", "min_steps",
+    "max_time", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "val_check_interval",
+    "check_val_every_n_epoch", "num_sanity_val_steps", "use_distributed_sampler", "reload_dataloaders_every_n_epochs",
+    "plugins", "overfit_batches", "fast_dev_run",
+}
+
+
+@dataclass
+class DemoWorldConfig:
+    """Generate the fictional demo world before training when its files are missing."""
+
+    out: str | None = None
+    """Directory of the world (corpus.jsonl, train/val/test.jsonl); None = do not generate."""
+    seed: int = 0
+    """Seed of the world."""
+    size: int = 200
+    """Number of people in the world (other entities scale with it)."""
+
+    def ensure(self) -> None:
+        if self.out is None or (Path(self.out) / "corpus.jsonl").is_file():
+            return
+        from search_e1.demo_world import write_world
+
+        write_world(self.out, seed=self.seed, size=self.size)
+        log.info("demo world written to %s (seed %d, size %d)", self.out, self.seed, self.size)
+
+
+# ---------------------------------------------------------------- function commands
 def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
     """Write the generated fictional world: corpus.jsonl and train/val/test QA jsonl files.
 
@@ -30,9 +67,8 @@ def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
     """
     from search_e1.demo_world import write_world
 
-    paths = write_world(out, seed=seed, size=size)
-    for name, path in paths.items():
-        logging.getLogger("search_e1").info("%s: %s", name, path)
+    for name, path in write_world(out, seed=seed, size=size).items():
+        log.info("%s: %s", name, path)
 
 
 def index(corpus: Path, out: Path | None = None, embedder: EmbedderConfig = EmbedderConfig(),  # noqa: B008
@@ -47,8 +83,7 @@ def index(corpus: Path, out: Path | None = None, embedder: EmbedderConfig = Embe
     """
     from search_e1.retrieval import build_index
 
-    out = out or Path(corpus).parent / "index"
-    build_index(corpus, out, embedder, progress=progress)
+    build_index(corpus, out or Path(corpus).parent / "index", embedder, progress=progress)
 
 
 def convert(gguf: Path | None = None, out: Path | None = None) -> None:
@@ -65,25 +100,170 @@ def convert(gguf: Path | None = None, out: Path | None = None) -> None:
     else:
         gguf = gguf or policy.embedded_gguf_path()
         path = policy.convert_gguf(gguf, out or policy.cache_root() / Path(gguf).stem.lower())
-    logging.getLogger("search_e1").info("HF model directory: %s", path)
+    log.info("HF model directory: %s", path)
 
 
 COMMANDS = {"demo-data": demo_data, "index": index, "convert": convert}
 
 
-def main(argv: list[str] | None = None) -> None:
+# ---------------------------------------------------------------- parsers
+def _config_parser(description: str) -> Any:
+    from jsonargparse import ActionConfigFile
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser(description=description, parser_mode="omegaconf+", env_prefix="SEARCH_E1")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s), merged in order.")
+    return parser
+
+
+def fit_parser() -> Any:
+    """The parser of ``search-e1 fit`` (also the base of ``evaluate``)."""
+    import lightning as L
+
+    from search_e1.data import RetrievalDataModule
+    from search_e1.evolver import EvolverConfig
+    from search_e1.grpo import GRPOConfig
+    from search_e1.ofsd import OFSDConfig
+    from search_e1.policy import PolicyConfig
+    from search_e1.protocol import PromptConfig
+    from search_e1.rewards import RewardConfig
+    from search_e1.rollout import RolloutConfig
+
+    parser = _config_parser("Train a search agent with Search-E1: rounds of GRPO then OFSD.")
+    groups = {"policy": PolicyConfig, "demo_world": DemoWorldConfig, "data": RetrievalDataModule,
+              "prompt": PromptConfig, "rollout": RolloutConfig, "reward": RewardConfig, "grpo": GRPOConfig,
+              "ofsd": OFSDConfig, "evolver": EvolverConfig}
+    for key, cls in groups.items():
+        skip = {"group_size"} if key == "rollout" else None  # each round sets its own group size
+        parser.add_class_arguments(cls, key, sub_configs=True, skip=skip)
+    parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=_TRAINER_OWNED, sub_configs=True)
+    parser.set_defaults({"trainer.accelerator": "auto", "trainer.devices": 1})
+    return parser
+
+
+def evaluate_parser() -> Any:
+    parser = fit_parser()
+    parser.description = "Evaluate a policy (greedy) on QA files: EM, F1, searches, tokens per file."
+    parser.add_argument("--ckpt", type=str | None, default=None,
+                        help="Policy checkpoint directory (HF format); default: policy.path.")
+    parser.add_argument("--split", type=str, default="test", help="Split of the data files: test or val.")
+    parser.add_argument("--max_questions", type=int, default=0, help="Questions per file; 0 = all.")
+    return parser
+
+
+def root_parser() -> tuple[Any, dict[str, Any]]:
+    """The ``search-e1`` parser and its subcommand parsers by name."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    root = ArgumentParser(prog="search-e1", description="Search-E1: GRPO + offline self-distillation "
+                          "for search-augmented reasoning agents.")
+    subs = {"fit": fit_parser(), "evaluate": evaluate_parser()}
+    helps = {"fit": "Train: rounds of GRPO then OFSD (the Evolver).",
+             "evaluate": "Evaluate a checkpoint on QA files."}
+    for name, fn in COMMANDS.items():
+        helps[name] = (fn.__doc__ or "").split("\n")[0]
+        subs[name] = ArgumentParser(description=helps[name])
+        subs[name].add_argument("--config", action=ActionConfigFile)
+        subs[name].add_function_arguments(fn)
+    action = root.add_subcommands()
+    for name, sub in subs.items():
+        action.add_subcommand(name, sub, help=helps[name])
+    return root, subs
+
+
+# ---------------------------------------------------------------- runners
+def _trainer_kwargs(ns: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in vars(ns).items():
+        out[key] = value.as_dict() if hasattr(value, "as_dict") else value
+    return out
+
+
+def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """Instantiate the config groups; returns (namespace of objects, trainer kwargs)."""
+    init = parser.instantiate_classes(cfg)
+    init.demo_world.ensure()
+    return init, _trainer_kwargs(cfg.trainer)
+
+
+def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from search_e1.evolver import Evolver
+    from search_e1.policy import Policy
+
+    init, trainer_kwargs = _build(parser, cfg)
+    run_dir = Path(init.evolver.run_dir)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.yaml").exists():  # saved once; a resumed run keeps the original
+            (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    evolver = Evolver(Policy.from_config(init.policy), init.data, init.grpo, init.ofsd, init.rollout,
+                      init.prompt, init.reward, init.evolver, trainer_kwargs)
+    return evolver.fit()
+
+
+def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
+    from dataclasses import replace
+
+    from search_e1.evaluate import evaluate_policy
+    from search_e1.policy import Policy
+
+    init, _ = _build(parser, cfg)
+    policy_cfg = replace(init.policy, path=cfg.ckpt) if cfg.ckpt else init.policy
+    policy = Policy.from_config(policy_cfg)
+    dm = init.data
+    dm.setup("test" if cfg.split == "test" else "validate")
+    examples = dm.examples(cfg.split)
+    per_file: dict[str, list[Any]] = {}
+    for ex in examples:
+        per_file.setdefault(ex.data_source, []).append(ex)
+    if cfg.max_questions:
+        per_file = {k: v[: cfg.max_questions] for k, v in per_file.items()}
+    results = evaluate_policy(policy, dm.retriever, [e for v in per_file.values() for e in v], init.rollout,
+                              init.prompt, init.reward, init.evolver.eval_batch_size)
+    _print_table(results, f"{cfg.split} ({policy_cfg.path})")
+    return results
+
+
+def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("file", "questions", "EM", "F1", "searches", "tokens/answer"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    names = [k for k in results if k != "all"]
+    average = {f: sum(results[k][f] for k in names) / max(len(names), 1) for f in ("em", "f1", "searches", "tokens")}
+    rows = [(k, results[k]) for k in names] + [("average (over files)", {"n": results["all"]["n"], **average})]
+    for name, r in rows:
+        table.add_row(name, f"{int(r['n'])}", f"{r['em']:.3f}", f"{r['f1']:.3f}", f"{r['searches']:.2f}",
+                      f"{r['tokens']:.1f}")
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``search-e1`` console script."""
-    from jsonargparse import auto_cli, set_parsing_settings
+    from jsonargparse import set_parsing_settings
 
     from search_e1.errors import UserInputError
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    parser, subs = root_parser()
+    cfg = parser.parse_args(argv)
+    name = cfg.subcommand
+    sub_cfg, sub_parser = cfg[name], subs[name]
     try:
-        auto_cli(COMMANDS, args=argv, as_positional=False, prog="search-e1")
+        if name == "fit":
+            return run_fit(sub_parser, sub_cfg)
+        if name == "evaluate":
+            return run_evaluate(sub_parser, sub_cfg)
+        kwargs = {k: v for k, v in sub_parser.instantiate_classes(sub_cfg).as_dict().items() if k != "config"}
+        return COMMANDS[name](**kwargs)
     except (UserInputError, FileNotFoundError) as err:
-        logging.getLogger("search_e1").error("%s", err)
+        log.error("%s", err)
         sys.exit(2)
 
 

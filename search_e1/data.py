@@ -40,17 +40,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from search_e1.errors import UserInputError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from search_e1.retrieval import RetrieverConfig
-    from search_e1.retrieval.base import Retriever
+from search_e1.retrieval.base import Retriever
+from search_e1.retrieval.dense import RetrieverConfig
 
 log = logging.getLogger(__name__)
 

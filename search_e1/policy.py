@@ -212,25 +212,37 @@ class Policy(nn.Module):
         ids.update(extra if isinstance(extra, list) else [extra])
         return sorted(i for i in ids if i is not None)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits ``[B, T, V]`` with position ids derived from the mask (left or right padding)."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> Tensor:
+        """Logits ``[B, T', V]`` with position ids derived from the mask (left or right padding);
+        ``logits_to_keep > 0`` keeps only the last ``T'`` positions (0 keeps all)."""
         return self.model(
             input_ids=input_ids, attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
 
     def token_logprobs(
         self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None,
-        temperature: float = 1.0, with_entropy: bool = False,
+        temperature: float = 1.0, with_entropy: bool = False, start: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
         """Per-token log-probs (and entropies) of ``input_ids`` under the model.
 
-        Returns ``logprobs [B, T]`` where ``logprobs[:, t] = log p(input_ids[:, t] | ids[:, <t])``
-        (position 0 has no prediction and is 0), multiplied by ``loss_mask`` when given, and
-        ``entropy [B, T]`` of the predictive distribution at the same positions (or None).
+        Returns ``logprobs [B, T]`` where ``logprobs[:, t] = log p(input_ids[:, t] | ids[:, <t])``,
+        multiplied by ``loss_mask`` when given, and ``entropy [B, T]`` of the predictive
+        distribution at the same positions (or None). Only columns ``t >= start`` are scored
+        (earlier ones are 0): pass the shortest prompt length of the batch to skip the vocabulary
+        projection of prompt positions, which no loss uses (a large saving: prompts are long).
         """
-        logits = self.forward(input_ids, attention_mask)  # [B, T, V]
-        return shifted_token_logprobs(logits, input_ids, loss_mask, temperature, with_entropy)
+        start = max(1, min(start, input_ids.shape[1]))
+        logits = self.forward(input_ids, attention_mask, logits_to_keep=input_ids.shape[1] - start + 1)
+        lp, ent = logprobs_from_logits(logits[:, :-1], input_ids[:, start:], temperature, with_entropy)
+        pad = lp.new_zeros(lp.shape[0], start)  # [B, start]
+        logprobs = torch.cat([pad, lp], dim=1)  # [B, T]
+        entropy = torch.cat([pad, ent], dim=1) if ent is not None else None
+        if loss_mask is not None:
+            logprobs = logprobs * loss_mask
+            entropy = entropy * loss_mask if entropy is not None else None
+        return logprobs, entropy
 
     def reference(self) -> Policy:
         """A frozen deep copy (eval mode, no grad) for the KL term to a reference policy."""
@@ -271,23 +283,4 @@ def logprobs_from_logits(
             ents.append(lse - (probs * chunk).sum(-1))
     logprobs = torch.cat(lps).reshape(targets.shape) if lps else flat.new_zeros(targets.shape)
     entropy = torch.cat(ents).reshape(targets.shape) if with_entropy and ents else None
-    return logprobs, entropy
-
-
-def shifted_token_logprobs(
-    logits: Tensor, input_ids: Tensor, loss_mask: Tensor | None = None, temperature: float = 1.0,
-    with_entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """Align next-token predictions with the tokens they predict.
-
-    ``logits [B, T, V]`` of a forward pass over ``input_ids [B, T]`` -> ``[B, T]`` where column
-    ``t`` scores token ``t`` (column 0 is 0), masked by ``loss_mask [B, T]`` when given.
-    """
-    lp, ent = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:], temperature, with_entropy)
-    pad = lp.new_zeros(lp.shape[0], 1)  # [B, 1]
-    logprobs = torch.cat([pad, lp], dim=1)  # [B, T]
-    entropy = torch.cat([pad, ent], dim=1) if ent is not None else None
-    if loss_mask is not None:
-        logprobs = logprobs * loss_mask
-        entropy = entropy * loss_mask if entropy is not None else None
     return logprobs, entropy

@@ -15,7 +15,6 @@ from search_e1.policy import (
     embedded_gguf_path,
     logprobs_from_logits,
     position_ids_from_mask,
-    shifted_token_logprobs,
 )
 
 
@@ -42,13 +41,20 @@ def test_chunked_logprobs_match_unchunked():
     torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=0)
 
 
-def test_shifted_logprobs_alignment_and_mask():
-    # vocab 2, logits favour token 1 at every position: log p(1) = log(e/(1+e)), log p(0) = log(1/(1+e))
-    logits = torch.tensor([[[0.0, 1.0]] * 3])  # [1, 3, 2]
-    ids = torch.tensor([[0, 1, 0]])
-    lp, _ = shifted_token_logprobs(logits, ids, loss_mask=torch.tensor([[0.0, 1.0, 0.0]]))
-    assert lp[0, 0] == 0 and lp[0, 2] == 0  # column 0 has no prediction; column 2 is masked
-    assert lp[0, 1].item() == pytest.approx(math.log(math.e / (1 + math.e)), abs=1e-6)
+def test_token_logprobs_start_scores_only_later_columns(tiny_policy):
+    torch.manual_seed(3)
+    ids = torch.randint(3, 300, (2, 12))
+    mask = torch.ones_like(ids)
+    loss_mask = torch.zeros(2, 12)
+    loss_mask[:, 7:] = 1.0
+    with torch.no_grad():
+        full, ent = tiny_policy.token_logprobs(ids, mask, loss_mask, with_entropy=True)
+        part, ent_part = tiny_policy.token_logprobs(ids, mask, loss_mask, with_entropy=True, start=5)
+    assert torch.allclose(part, full, atol=1e-6) and torch.allclose(ent_part, ent, atol=1e-5)
+    assert (full[:, :7] == 0).all() and (full[:, 7:] < 0).all()  # masked columns are exactly 0
+    with torch.no_grad():
+        unmasked, _ = tiny_policy.token_logprobs(ids, mask, start=5)
+    assert (unmasked[:, :5] == 0).all() and (unmasked[:, 5:] < 0).all()
 
 
 def test_position_ids_skip_left_padding():

@@ -6,15 +6,17 @@
 
 from search_e1.rollout.engine import Environment, RolloutConfig, Row, State, rollout
 from search_e1.rollout.generation import (
+    GeneratorFactory,
     HFTurnGenerator,
     TurnGenerator,
     TurnOutput,
     cut_turn,
+    hf_generator,
     stop_cut,
 )
 from search_e1.rollout.trajectory import Segment, Trajectory
 
 __all__ = [
-    "Environment", "HFTurnGenerator", "RolloutConfig", "Row", "Segment", "State", "Trajectory",
-    "TurnGenerator", "TurnOutput", "cut_turn", "rollout", "stop_cut",
+    "Environment", "GeneratorFactory", "HFTurnGenerator", "RolloutConfig", "Row", "Segment", "State", "Trajectory",
+    "TurnGenerator", "TurnOutput", "cut_turn", "hf_generator", "rollout", "stop_cut",
 ]

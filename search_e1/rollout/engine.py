@@ -40,7 +40,7 @@ from search_e1.protocol import (
 )
 from search_e1.retrieval.base import Retriever, format_passages
 from search_e1.rewards import RewardConfig, compute_reward
-from search_e1.rollout.generation import HFTurnGenerator, TurnGenerator, TurnOutput
+from search_e1.rollout.generation import TurnGenerator, TurnOutput, hf_generator
 from search_e1.rollout.trajectory import Segment, Trajectory
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,7 @@ def rollout(
     cfg, prompt, reward = config or RolloutConfig(), prompt or PromptConfig(), reward or RewardConfig()
     tok = policy.tokenizer
     env = Environment(tok, prompt, cfg.max_info_tokens)
-    gen = generator or HFTurnGenerator(
-        policy.model, tok, policy.eos_token_ids, cfg.temperature, cfg.top_k, cfg.top_p,
-        cfg.generation_batch_size,
-    )
+    gen = generator or hf_generator(policy, cfg)
     prompts = [env.prompt_ids(q) for q in questions]
     rows = [Row(group=q, prompt=prompts[q]) for q in range(len(questions)) for _ in range(cfg.group_size)]
     for turn in range(cfg.max_turns):

@@ -14,6 +14,7 @@ training forward pass recomputes, so importance ratios start at 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,10 @@ class TurnGenerator(Protocol):
     """Generates one turn for each context; ``max_new_tokens`` is a per-row budget."""
 
     def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]: ...
+
+
+GeneratorFactory = Callable[[Any, Any], TurnGenerator]
+"""``(policy, rollout_config) -> TurnGenerator``: how the modules build their rollout backend."""
 
 
 def left_pad(contexts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -151,3 +156,9 @@ class HFTurnGenerator:
             length, reason = cut_turn(self.tokenizer, row, self.eos_ids)
             results.append(TurnOutput(row[:length], logprobs[i, :length].tolist(), reason))
         return results
+
+
+def hf_generator(policy: Any, cfg: Any) -> HFTurnGenerator:
+    """The default backend: `HFTurnGenerator` on the policy with the config's sampling knobs."""
+    return HFTurnGenerator(policy.model, policy.tokenizer, policy.eos_token_ids, cfg.temperature, cfg.top_k,
+                           cfg.top_p, cfg.generation_batch_size)

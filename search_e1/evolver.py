@@ -1,0 +1,272 @@
+"""Evolver: alternates GRPO and OFSD rounds on one policy, with one logger and resumable state.
+
+    evolver = Evolver(policy, datamodule, grpo=GRPOConfig(), ofsd=OFSDConfig(), config=EvolverConfig())
+    evolver.fit()          # rounds x (GRPO round of grpo_steps, OFSD round of ofsd_steps)
+
+Per phase a NEW LightningModule and a NEW ``Trainer`` (a reused Trainer silently skips later
+fits); the TensorBoard logger is one `OffsetTensorBoardLogger` whose step offset advances by
+each phase's steps, so every scalar lives on one increasing axis. After each phase the policy is
+saved (Hugging Face format) to ``<run_dir>/checkpoints/last`` and after each round to
+``checkpoints/round_<r>``; ``evolver_state.json`` records the completed phase and the step
+offset, so a killed run restarted with the same config continues with the next phase. After each
+round the val split is evaluated (greedy) and a row is appended to ``val_table.csv``.
+
+With ``strategy: fsdp`` the Trainers use Lightning's ``ModelParallelStrategy`` (FSDP2, every
+process on the data-parallel axis); the shared policy is sharded once by the first module's
+``configure_model`` and stays sharded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from search_e1.data import RetrievalDataModule
+from search_e1.distributed import full_state_dict, is_distributed
+from search_e1.evaluate import evaluate_policy
+from search_e1.grpo import GRPOConfig, GRPOModule
+from search_e1.ofsd import OFSDConfig, OFSDModule
+from search_e1.policy import Policy
+from search_e1.protocol import PromptConfig
+from search_e1.rewards import RewardConfig
+from search_e1.rollout import GeneratorFactory, RolloutConfig
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "evolver_state.json"
+PHASES = ("grpo", "ofsd")
+
+
+@dataclass
+class EvolverConfig:
+    """The schedule of rounds and what the Evolver writes."""
+
+    run_dir: str = "runs/search-e1"
+    """Run directory: TensorBoard events, checkpoints, OFSD data sets, val table, config."""
+    rounds: int = 2
+    """Number of (GRPO round, OFSD round) pairs."""
+    grpo_steps: int = 10
+    """GRPO steps (question batches) per round."""
+    ofsd_steps: int = 10
+    """OFSD optimiser steps per round."""
+    eval_initial: bool = True
+    """Evaluate the val split before the first round too (row "round 0")."""
+    eval_max_questions: int = 0
+    """Val questions per evaluation; 0 = all."""
+    eval_batch_size: int = 16
+    """Questions per evaluation rollout batch."""
+    resume: bool = True
+    """Continue a run found in run_dir (its evolver_state.json) instead of starting over."""
+    save_round_checkpoints: bool = True
+    """Keep a policy checkpoint per round in checkpoints/round_<r> (checkpoints/last is always kept)."""
+    seed: int = 0
+    """Base seed; each phase is seeded with seed + 10 * round + phase."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1:
+            raise ValueError("EvolverConfig: rounds >= 1, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1")
+
+
+class OffsetTensorBoardLogger(TensorBoardLogger):
+    """A TensorBoard logger whose steps are shifted by ``step_offset`` (advanced by the Evolver)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_offset = 0
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, (step or 0) + self.step_offset)
+
+
+class Evolver:
+    """Runs Search-E1: ``rounds`` x (GRPO round, OFSD round) on one shared policy.
+
+    Args:
+        policy: the policy to train in place.
+        datamodule: QA splits and the retriever (set up once here).
+        grpo: GRPO round hyperparameters.
+        ofsd: OFSD round hyperparameters.
+        rollout: turn and token budgets shared by rollouts and evaluation.
+        prompt: prompt template and information format.
+        reward: reward definition.
+        config: schedule and outputs.
+        trainer: keyword arguments of every round's ``lightning.Trainer``; ``strategy: fsdp``
+            selects FSDP2 through ``ModelParallelStrategy``.
+        generator_factory: rollout backend for training and evaluation (default: HF generate).
+    """
+
+    def __init__(
+        self, policy: Policy, datamodule: RetrievalDataModule, grpo: GRPOConfig | None = None,
+        ofsd: OFSDConfig | None = None, rollout: RolloutConfig | None = None,
+        prompt: PromptConfig | None = None, reward: RewardConfig | None = None,
+        config: EvolverConfig | None = None, trainer: dict[str, Any] | None = None,
+        generator_factory: GeneratorFactory | None = None,
+    ) -> None:
+        self.generator_factory = generator_factory
+        self.policy, self.datamodule = policy, datamodule
+        self.grpo, self.ofsd = grpo or GRPOConfig(), ofsd or OFSDConfig()
+        self.rollout, self.prompt, self.reward = rollout or RolloutConfig(), prompt or PromptConfig(), reward or RewardConfig()
+        self.config = config or EvolverConfig()
+        self.trainer_kwargs = dict(trainer or {})
+        self.run_dir = Path(self.config.run_dir)
+        self.logger = OffsetTensorBoardLogger(save_dir=str(self.run_dir), name="tensorboard", version=0,
+                                              default_hp_metric=False)
+        self.reference: Policy | None = None
+        self.state = {"round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0}
+
+    # ---------------------------------------------------------------- public
+    def fit(self) -> dict[str, Any]:
+        """Run (or resume) every round; returns the final state."""
+        self.datamodule.setup("fit")
+        self._maybe_resume()
+        if self.grpo.kl_coef > 0 and self.reference is None:
+            self.reference = self.policy.reference()
+        if self.state == {"round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0} and self.config.eval_initial:
+            self._evaluate(round_=0)
+        while self.state["round"] <= self.config.rounds:
+            phase = PHASES[self.state["phase"]]
+            L.seed_everything(self.config.seed + 10 * self.state["round"] + self.state["phase"], workers=True,
+                              verbose=False)
+            steps = self._run_grpo() if phase == "grpo" else self._run_ofsd()
+            self._advance(steps)
+        return dict(self.state)
+
+    def evaluate(self, split: str = "val", max_questions: int = 0) -> dict[str, dict[str, float]]:
+        """Greedy evaluation of the current policy on a split of the data module."""
+        self.datamodule.setup("fit" if split in ("train", "val") else "test")
+        examples = self.datamodule.examples(split)
+        if max_questions:
+            examples = examples[:max_questions]
+        return evaluate_policy(self.policy, self.datamodule.retriever, examples, self.rollout, self.prompt,
+                               self.reward, self.config.eval_batch_size, generator_factory=self.generator_factory)
+
+    # ---------------------------------------------------------------- phases
+    def _trainer(self) -> L.Trainer:
+        kwargs = dict(self.trainer_kwargs)
+        strategy = kwargs.get("strategy", "auto")
+        if strategy == "fsdp":
+            from lightning.pytorch.strategies import ModelParallelStrategy
+
+            devices = kwargs.get("devices", 1)
+            n = int(devices) if str(devices).isdigit() else "auto"
+            kwargs["strategy"] = ModelParallelStrategy(data_parallel_size=n, tensor_parallel_size=1)
+        kwargs.update(logger=self.logger, max_epochs=1, enable_checkpointing=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, use_distributed_sampler=False)
+        kwargs.setdefault("log_every_n_steps", 1)
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        return L.Trainer(**kwargs)
+
+    def _run_grpo(self) -> int:
+        steps = self.config.grpo_steps
+        if steps:
+            self.datamodule.schedule_round(self.state["grpo_batches"], steps)
+            module = GRPOModule(self.policy, self.datamodule.retriever, self.grpo, self.rollout, self.prompt,
+                                self.reward, reference=self.reference, generator_factory=self.generator_factory)
+            self._trainer().fit(module, datamodule=self.datamodule)
+        self.state["grpo_batches"] += steps
+        return steps
+
+    def _run_ofsd(self) -> int:
+        steps, r = self.config.ofsd_steps, self.state["round"]
+        if steps:
+            sample = self.datamodule.sample_train(self.ofsd.num_questions, seed=self.config.seed + 1000 + r)
+            module = OFSDModule(self.policy, self.datamodule.retriever,
+                                [(e.question, list(e.golden_answers)) for e in sample], steps, self.ofsd,
+                                self.rollout, self.prompt, self.reward, out_dir=self.run_dir / "ofsd" / f"round_{r}",
+                                generator_factory=self.generator_factory)
+            self._trainer().fit(module)
+        return steps
+
+    def _advance(self, steps: int) -> None:
+        """Bookkeeping after a phase: offset, checkpoint, evaluation, state file."""
+        self.state["step_offset"] += steps
+        self.logger.step_offset = self.state["step_offset"]
+        end_of_round = self.state["phase"] == len(PHASES) - 1
+        r = self.state["round"]
+        self.save_policy(self.run_dir / "checkpoints" / "last")
+        if end_of_round:
+            if self.config.save_round_checkpoints:
+                self.save_policy(self.run_dir / "checkpoints" / f"round_{r}")
+            self._evaluate(round_=r)
+            self.state["round"], self.state["phase"] = r + 1, 0
+        else:
+            self.state["phase"] += 1
+        self._write_state()
+
+    # ---------------------------------------------------------------- outputs
+    def _evaluate(self, round_: int) -> None:
+        if not self.datamodule.files["val"]:
+            return
+        results = self.evaluate("val", self.config.eval_max_questions)["all"]
+        row = {"round": round_, "step": self.state["step_offset"], **{k: round(v, 4) for k, v in results.items()}}
+        log.info("val after round %d: EM %.3f F1 %.3f searches %.2f tokens %.1f", round_, results["em"],
+                 results["f1"], results["searches"], results["tokens"])
+        self.logger.log_metrics({f"val/{k}": v for k, v in results.items() if k != "n"}, step=0)
+        self._append_row(row)
+
+    @rank_zero_only
+    def _append_row(self, row: dict[str, Any]) -> None:
+        path = self.run_dir / "val_table.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def save_policy(self, path: Path) -> None:
+        """Save the (possibly sharded) policy as a Hugging Face directory, atomically (rank 0)."""
+        state = full_state_dict(self.policy.model)
+        if is_distributed() and torch.distributed.get_rank() != 0:
+            torch.distributed.barrier()
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.model.save_pretrained(tmp, state_dict=state)
+        self.policy.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        if is_distributed():
+            torch.distributed.barrier()
+
+    @rank_zero_only
+    def _write_state(self) -> None:
+        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.replace(tmp, self.run_dir / STATE_FILE)
+
+    def _maybe_resume(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / STATE_FILE
+        if not (self.config.resume and path.exists()):
+            return
+        self.state = json.loads(path.read_text())
+        ckpt = self.run_dir / "checkpoints" / "last"
+        if self.grpo.kl_coef > 0:  # the reference is the policy as it was before any round
+            self.reference = self.policy.reference()
+        from safetensors.torch import load_file
+
+        files = sorted(ckpt.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"cannot resume: {path} exists but {ckpt} holds no weights")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        missing, unexpected = self.policy.model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise RuntimeError(f"checkpoint {ckpt} does not match the policy: missing {missing}, unexpected {unexpected}")
+        self.logger.step_offset = self.state["step_offset"]
+        log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
+                 PHASES[self.state["phase"]], self.state["step_offset"])

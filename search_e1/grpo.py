@@ -1,0 +1,204 @@
+"""GRPO round: vanilla group-relative policy optimisation over multi-turn search rollouts.
+
+One training step = one batch of questions: roll out ``group_size`` trajectories per question
+with the shared policy, score them (EM by default), compute group advantages, old and reference
+log-probs, then run ``ppo_epochs`` passes of clipped-surrogate updates over mini-batches (one
+optimiser step each) built from micro-batches (gradient accumulation), with gradient clipping.
+Every loss term sees only the tokens the policy sampled (loss mask 1): prompt, ``<information>``
+blocks, feedback and padding never carry gradient, the KL term included.
+
+As in Search-R1's GRPO recipe, except: generation stops at ``</search>``; the KL term is the k3
+estimator to a frozen copy of the initial policy, added to the loss (not to the reward); losses
+are aggregated by `search_e1.algos.agg_loss` (token mean over the mini-batch by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from search_e1.algos import (
+    agg_loss,
+    get_advantage_estimator,
+    get_kl_estimator,
+    get_policy_loss,
+    masked_mean,
+    mixed_group_fraction,
+)
+from search_e1.policy import Policy
+from search_e1.protocol import PromptConfig
+from search_e1.retrieval.base import Retriever
+from search_e1.rewards import RewardConfig, exact_match
+from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory
+from search_e1.round_module import RoundModule, plain
+
+
+@dataclass
+class GRPOConfig:
+    """Hyperparameters of a GRPO round."""
+
+    group_size: int = 5
+    """Trajectories sampled per question (G)."""
+    lr: float = 1e-6
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup, in optimiser steps (restarts every round)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batch_size: int = 0
+    """Trajectories per optimiser step; 0 = the whole rollout batch (one step per pass)."""
+    micro_batch_size: int = 4
+    """Trajectories per forward/backward (gradient accumulation inside a mini-batch)."""
+    clip_low: float = 0.2
+    """PPO clip range below 1 for the probability ratio."""
+    clip_high: float = 0.2
+    """PPO clip range above 1 for the probability ratio."""
+    kl_coef: float = 1e-3
+    """Weight of the KL term to the frozen reference policy; 0 disables it (no reference copy)."""
+    kl_estimator: str = "k3"
+    """KL estimator: k1, k2, k3 (low variance)."""
+    advantage: str = "grpo"
+    """Advantage estimator: grpo (mean and std of the group) or grpo_no_std."""
+    policy_loss: str = "ppo_clip"
+    """Policy loss from the registry in search_e1.algos."""
+    loss_agg: str = "token-mean"
+    """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0 = off, as in vanilla GRPO)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables clipping."""
+    recompute_old_logprobs: bool = True
+    """Recompute old log-probs with a forward pass (else use the sampling log-probs)."""
+    log_text_every: int = 5
+    """Log trajectories as TensorBoard text every N steps (rank 0); 0 disables."""
+    log_text_samples: int = 2
+    """Trajectories per text sample."""
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "ppo_epochs", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
+            raise ValueError("GRPOConfig: lr > 0, kl_coef >= 0 and clip ranges >= 0 are required")
+        get_advantage_estimator(self.advantage), get_kl_estimator(self.kl_estimator)
+        get_policy_loss(self.policy_loss)
+
+
+class GRPOModule(RoundModule):
+    """GRPO on the shared policy. Batches are dicts of questions and gold answers.
+
+    Args:
+        policy: the shared policy (trained in place).
+        retriever: the data module's retriever.
+        config: GRPO hyperparameters.
+        rollout_config: turn and token budgets (its group size is replaced by ``config.group_size``).
+        prompt: prompt template and information format.
+        reward: reward definition.
+        reference: frozen reference policy for the KL term (required when ``kl_coef > 0``).
+        generator_factory: rollout backend (default: `search_e1.rollout.hf_generator`).
+    """
+
+    def __init__(
+        self, policy: Policy, retriever: Retriever | None = None, config: GRPOConfig | None = None,
+        rollout_config: RolloutConfig | None = None, prompt: PromptConfig | None = None,
+        reward: RewardConfig | None = None, reference: Policy | None = None,
+        generator_factory: GeneratorFactory | None = None,
+    ) -> None:
+        config = config or GRPOConfig()
+        if config.kl_coef > 0 and reference is None:
+            raise ValueError("GRPOModule: kl_coef > 0 needs a reference policy (Policy.reference())")
+        super().__init__(policy, retriever, rollout_config or RolloutConfig(), prompt or PromptConfig(),
+                         reward or RewardConfig(), reference if config.kl_coef > 0 else None, generator_factory)
+        self.config = config
+        self.save_hyperparameters({"grpo": plain(config), "rollout": plain(self.rollout_config)})
+
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        return self.make_optimizer(c.lr, c.weight_decay, c.warmup_steps)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        c = self.config
+        traj = self.rollout_questions(batch["question"], batch["golden_answers"], c.group_size)
+        advantages = get_advantage_estimator(c.advantage)(traj.rewards, traj.group_ids)  # [N]
+        with torch.no_grad():
+            old = self._logprobs(self.policy, traj) if c.recompute_old_logprobs else traj.logprobs
+            ref = self._logprobs(self.reference, traj) if self.reference is not None else None
+        stats = self.update(traj, advantages, old, ref)
+        stats.update(rollout_stats(traj))
+        stats["lr"] = self.current_lr
+        self.log_dict({f"grpo/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
+                      batch_size=len(batch["question"]), sync_dist=True)
+        self.log("reward", stats["reward_mean"], prog_bar=True, logger=False, batch_size=1)
+        if c.log_text_every and batch_idx % c.log_text_every == 0:
+            self.log_trajectories("grpo/trajectories", traj, list(range(min(c.log_text_samples, len(traj)))))
+
+    def _logprobs(self, policy: Policy, traj: Trajectory) -> torch.Tensor:
+        """Masked per-token log-probs of every row, in micro-batches.  # [N, L]"""
+        out = torch.zeros_like(traj.logprobs)
+        for idx in torch.arange(len(traj)).split(self.config.micro_batch_size):
+            lp, _ = policy.token_logprobs(traj.input_ids[idx], traj.attention_mask[idx], traj.loss_mask[idx],
+                                          start=int(traj.prompt_lengths[idx].min()))
+            out[idx] = lp
+        return out
+
+    def update(self, traj: Trajectory, advantages: torch.Tensor, old: torch.Tensor,
+               ref: torch.Tensor | None) -> dict[str, float]:
+        """PPO epochs over shuffled mini-batches, one optimiser step each; returns the mean of
+        the per-micro-batch statistics and of the gradient norms."""
+        c = self.config
+        gen = torch.Generator().manual_seed(int(self.log_step))
+        sums: dict[str, float] = {}
+        micro_count, norms = 0, []
+        for _ in range(c.ppo_epochs):
+            for mb in torch.randperm(len(traj), generator=gen).split(c.mini_batch_size or len(traj)):
+                norm = (float(traj.loss_mask[mb].sum().clamp(min=1.0)), len(mb))
+                for micro in mb.split(c.micro_batch_size):
+                    for k, v in self._micro_step(traj, micro, advantages, old, ref, norm).items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    micro_count += 1
+                norms.append(self.optimizer_step_clipped(c.max_grad_norm))
+        stats = {k: v / max(micro_count, 1) for k, v in sums.items()}
+        stats["grad_norm"] = sum(norms) / max(len(norms), 1)
+        return stats
+
+    def _micro_step(self, traj: Trajectory, micro: torch.Tensor, advantages: torch.Tensor,
+                    old: torch.Tensor, ref: torch.Tensor | None, norm: tuple[float, int]) -> dict[str, float]:
+        """Forward/backward of one micro-batch; the loss is normalised by the mini-batch's
+        ``norm = (tokens, sequences)`` so micro-batch gradients add up to the mini-batch's."""
+        c = self.config
+        mask = traj.loss_mask[micro]  # [b, L]
+        lp, ent = self.policy.token_logprobs(traj.input_ids[micro], traj.attention_mask[micro], mask,
+                                             with_entropy=True, start=int(traj.prompt_lengths[micro].min()))
+        loss_mat, stats = get_policy_loss(c.policy_loss)(lp, old[micro], advantages[micro], mask,
+                                                         c.clip_low, c.clip_high)
+
+        def agg(mat: torch.Tensor) -> torch.Tensor:
+            return agg_loss(mat, mask, c.loss_agg, num_tokens=norm[0], num_seqs=norm[1])
+
+        loss = agg(loss_mat)
+        if ref is not None:
+            kl = get_kl_estimator(c.kl_estimator)(lp, ref[micro])  # [b, L]
+            loss = loss + c.kl_coef * agg(kl)
+            stats["kl"] = masked_mean(kl.detach(), mask)
+        if c.entropy_coef:
+            loss = loss - c.entropy_coef * agg(ent)
+        self.manual_backward(loss)
+        stats.update(pg_loss=masked_mean(loss_mat.detach(), mask), entropy=masked_mean(ent.detach(), mask))
+        return {k: float(v) for k, v in stats.items()}
+
+
+def rollout_stats(traj: Trajectory) -> dict[str, float]:
+    """Scalars describing a batch of trajectories (rewards, EM, searches, lengths)."""
+    em = [exact_match(a, g) for a, g in zip(traj.answers, traj.golden_answers, strict=True)]
+    return {
+        "reward_mean": float(traj.rewards.mean()),
+        "em": sum(em) / max(len(em), 1),
+        "mixed_group_frac": mixed_group_fraction(traj.rewards, traj.group_ids),
+        "searches_mean": float(traj.num_searches.float().mean()),
+        "response_length": float(traj.response_lengths.float().mean()),
+        "answered_frac": sum(a is not None for a in traj.answers) / max(len(traj), 1),
+    }

@@ -1,0 +1,122 @@
+"""End to end: a tiny random model evolves through GRPO and OFSD rounds (files, logs, resume)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_policy
+from scripted import EchoRetriever, scripted_factory, write_qa
+
+from search_e1 import Evolver, RetrievalDataModule
+from search_e1.evolver import EvolverConfig
+from search_e1.grpo import GRPOConfig
+from search_e1.ofsd import OFSDConfig
+from search_e1.rollout import RolloutConfig
+
+GRPO_TAGS = {"reward_mean", "em", "mixed_group_frac", "searches_mean", "response_length", "kl", "clip_frac",
+             "entropy", "grad_norm", "lr", "pg_loss"}
+OFSD_TAGS = {"distill_loss", "tokens", "grad_norm", "lr", "sibling_frac", "examples", "kl_before", "kl_after"}
+
+
+class RecordingEvolver(Evolver):
+    """Keeps a copy of the parameters after each phase."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.snapshots = [self._params()]
+
+    def _params(self):
+        return [p.detach().clone() for p in self.policy.parameters()]
+
+    def _advance(self, steps):
+        self.snapshots.append(self._params())
+        super()._advance(steps)
+
+
+def make_evolver(tmp_path, smol_tokenizer, rounds: int, cls=RecordingEvolver):
+    dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 6, "t"),
+                             val_files=write_qa(tmp_path / "val.jsonl", 3, "v"), batch_size=2)
+    dm.set_retriever(EchoRetriever())
+    return cls(
+        make_tiny_policy(smol_tokenizer), dm,
+        grpo=GRPOConfig(group_size=4, lr=5e-3, micro_batch_size=4, kl_coef=0.01, log_text_every=1),
+        ofsd=OFSDConfig(group_size=4, num_questions=3, lr=5e-3, batch_size=2, micro_batch_size=1, kl_eval_examples=2),
+        rollout=RolloutConfig(max_turns=2, max_new_tokens=12, topk=1),
+        config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=rounds, grpo_steps=2, ofsd_steps=2,
+                             eval_batch_size=4),
+        trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        generator_factory=scripted_factory,
+    )
+
+
+def scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, texts = {}, set()
+    for events in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+        texts.update(t for t in acc.Tags()["tensors"] if "trajectories" in t)
+    return out, texts
+
+
+def test_one_round_changes_parameters_in_both_phases_and_writes_outputs(tmp_path, smol_tokenizer):
+    torch.manual_seed(0)
+    evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1)
+    state = evolver.fit()
+    assert state == {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2}
+    initial, after_grpo, after_ofsd = evolver.snapshots
+    changed = lambda a, b: max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert changed(initial, after_grpo) > 1e-4, "GRPO did not update the policy"
+    assert changed(after_grpo, after_ofsd) > 1e-4, "OFSD did not update the policy"
+
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "round_1" / "model.safetensors").is_file()
+    assert json.loads((run / "evolver_state.json").read_text())["round"] == 2
+    records = [json.loads(line) for line in (run / "ofsd" / "round_1" / "trajectories.jsonl").open()]
+    assert len(records) == 3 * 4 and {"response", "sibling", "loss_mask", "reward"} <= set(records[0])
+    with_sibling = [r for r in records if r["sibling"] >= 0]
+    assert with_sibling and all(records[r["sibling"]]["reward"] == 1.0 for r in with_sibling)
+    rows = list(csv.DictReader((run / "val_table.csv").open()))
+    assert [int(r["round"]) for r in rows] == [0, 1] and float(rows[1]["n"]) == 3
+
+    tags, texts = scalars(run)
+    assert {f"grpo/{t}" for t in GRPO_TAGS} <= set(tags), set(tags)
+    assert {f"ofsd/{t}" for t in OFSD_TAGS} <= set(tags), set(tags)
+    assert {"val/em", "val/f1", "val/searches", "val/tokens"} <= set(tags)
+    assert sorted(tags["grpo/reward_mean"]) == [0, 1] and sorted(tags["ofsd/distill_loss"]) == [2, 3]
+    assert "grpo/trajectories" in {t.split("/text_summary")[0] for t in texts}
+
+
+def test_resume_continues_with_the_next_round(tmp_path, smol_tokenizer):
+    torch.manual_seed(0)
+    make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver).fit()
+    saved = json.loads((tmp_path / "run" / "evolver_state.json").read_text())
+    resumed = make_evolver(tmp_path, smol_tokenizer, rounds=2)
+    # the fresh random policy is replaced by the checkpoint before any training
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    resumed._maybe_resume()
+    for name, p in resumed.policy.model.named_parameters():
+        if name in weights:
+            assert torch.equal(p.detach(), weights[name]), name
+    assert resumed.state == saved
+    state = resumed.fit()
+    assert state["round"] == 3 and state["step_offset"] == 8 and state["grpo_batches"] == 4
+    tags, _ = scalars(tmp_path / "run")
+    assert sorted(tags["grpo/reward_mean"]) == [0, 1, 4, 5]  # one increasing axis across runs
+    rows = list(csv.DictReader((tmp_path / "run" / "val_table.csv").open()))
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+
+
+def test_grpo_requires_reference_when_kl_is_on(smol_tokenizer):
+    from search_e1.grpo import GRPOModule
+
+    with pytest.raises(ValueError, match="reference"):
+        GRPOModule(make_tiny_policy(smol_tokenizer), config=GRPOConfig(kl_coef=0.1))
