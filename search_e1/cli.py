@@ -181,7 +181,12 @@ def _trainer_kwargs(ns: Any) -> dict[str, Any]:
 
 def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
     """Instantiate the config groups; returns (namespace of objects, trainer kwargs)."""
-    init = parser.instantiate_classes(cfg)
+    from search_e1.errors import UserInputError
+
+    try:
+        init = parser.instantiate_classes(cfg)
+    except (ValueError, TypeError) as err:  # a config class refused a value (it names the field)
+        raise UserInputError(f"invalid configuration: {err}") from err
     init.demo_world.ensure()
     return init, _trainer_kwargs(cfg.trainer)
 
@@ -242,8 +247,8 @@ def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
     Console().print(table)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Entry point of the ``search-e1`` console script."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``search-e1`` console script (exit status 0, or 2 on bad input)."""
     from jsonargparse import set_parsing_settings
 
     from search_e1.errors import UserInputError
@@ -257,11 +262,12 @@ def main(argv: list[str] | None = None) -> Any:
     sub_cfg, sub_parser = cfg[name], subs[name]
     try:
         if name == "fit":
-            return run_fit(sub_parser, sub_cfg)
-        if name == "evaluate":
-            return run_evaluate(sub_parser, sub_cfg)
-        kwargs = {k: v for k, v in sub_parser.instantiate_classes(sub_cfg).as_dict().items() if k != "config"}
-        return COMMANDS[name](**kwargs)
+            run_fit(sub_parser, sub_cfg)
+        elif name == "evaluate":
+            run_evaluate(sub_parser, sub_cfg)
+        else:
+            kwargs = {k: v for k, v in sub_parser.instantiate_classes(sub_cfg).as_dict().items() if k != "config"}
+            COMMANDS[name](**kwargs)
     except (UserInputError, FileNotFoundError) as err:
         log.error("%s", err)
         sys.exit(2)

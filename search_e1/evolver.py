@@ -6,8 +6,10 @@
 Per phase a NEW LightningModule and a NEW ``Trainer`` (a reused Trainer silently skips later
 fits); the TensorBoard logger is one `OffsetTensorBoardLogger` whose step offset advances by
 each phase's steps, so every scalar lives on one increasing axis. After each phase the policy is
-saved (Hugging Face format) to ``<run_dir>/checkpoints/last`` and after each round to
-``checkpoints/round_<r>``; ``evolver_state.json`` records the completed phase and the step
+saved (Hugging Face format): at the end of a round to ``<run_dir>/checkpoints/round_<r>``, after
+a GRPO phase to ``checkpoints/last`` (removed once the round's checkpoint exists), so the run keeps
+one checkpoint per round plus at most one more; ``evolver_state.json`` records the completed
+phase, the latest checkpoint and the step
 offset, so a killed run restarted with the same config continues with the next phase. After each
 round the val split is evaluated (greedy) and a row is appended to ``val_table.csv``.
 
@@ -69,7 +71,7 @@ class EvolverConfig:
     resume: bool = True
     """Continue a run found in run_dir (its evolver_state.json) instead of starting over."""
     save_round_checkpoints: bool = True
-    """Keep a policy checkpoint per round in checkpoints/round_<r> (checkpoints/last is always kept)."""
+    """Keep a policy checkpoint per round in checkpoints/round_<r> (else only checkpoints/last)."""
     seed: int = 0
     """Base seed; each phase is seeded with seed + 10 * round + phase."""
 
@@ -124,7 +126,7 @@ class Evolver:
         self.logger = OffsetTensorBoardLogger(save_dir=str(self.run_dir), name="tensorboard", version=0,
                                               default_hp_metric=False)
         self.reference: Policy | None = None
-        self.state = {"round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0}
+        self.state: dict[str, Any] = {"round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0}
 
     # ---------------------------------------------------------------- public
     def fit(self) -> dict[str, Any]:
@@ -133,7 +135,7 @@ class Evolver:
         self._maybe_resume()
         if self.grpo.kl_coef > 0 and self.reference is None:
             self.reference = self.policy.reference()
-        if self.state == {"round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0} and self.config.eval_initial:
+        if self.state["step_offset"] == 0 and self.state["round"] == 1 and self.config.eval_initial:
             self._evaluate(round_=0)
         while self.state["round"] <= self.config.rounds:
             phase = PHASES[self.state["phase"]]
@@ -195,15 +197,22 @@ class Evolver:
         self.logger.step_offset = self.state["step_offset"]
         end_of_round = self.state["phase"] == len(PHASES) - 1
         r = self.state["round"]
-        self.save_policy(self.run_dir / "checkpoints" / "last")
+        keep_round = end_of_round and self.config.save_round_checkpoints
+        name = f"round_{r}" if keep_round else "last"
+        self.save_policy(self.run_dir / "checkpoints" / name)
+        self.state["checkpoint"] = name
+        if keep_round and self.global_zero:  # the round checkpoint is now the latest one
+            shutil.rmtree(self.run_dir / "checkpoints" / "last", ignore_errors=True)
         if end_of_round:
-            if self.config.save_round_checkpoints:
-                self.save_policy(self.run_dir / "checkpoints" / f"round_{r}")
             self._evaluate(round_=r)
             self.state["round"], self.state["phase"] = r + 1, 0
         else:
             self.state["phase"] += 1
         self._write_state()
+
+    @property
+    def global_zero(self) -> bool:
+        return not is_distributed() or torch.distributed.get_rank() == 0
 
     # ---------------------------------------------------------------- outputs
     def _evaluate(self, round_: int) -> None:
@@ -253,7 +262,7 @@ class Evolver:
         if not (self.config.resume and path.exists()):
             return
         self.state = json.loads(path.read_text())
-        ckpt = self.run_dir / "checkpoints" / "last"
+        ckpt = self.run_dir / "checkpoints" / self.state.get("checkpoint", "last")
         if self.grpo.kl_coef > 0:  # the reference is the policy as it was before any round
             self.reference = self.policy.reference()
         from safetensors.torch import load_file

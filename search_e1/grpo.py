@@ -22,6 +22,7 @@ import torch
 from search_e1.algos import (
     agg_loss,
     get_advantage_estimator,
+    get_agg_mode,
     get_kl_estimator,
     get_policy_loss,
     masked_mean,
@@ -84,8 +85,12 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
             raise ValueError("GRPOConfig: lr > 0, kl_coef >= 0 and clip ranges >= 0 are required")
-        get_advantage_estimator(self.advantage), get_kl_estimator(self.kl_estimator)
-        get_policy_loss(self.policy_loss)
+        for name, getter in (("advantage", get_advantage_estimator), ("kl_estimator", get_kl_estimator),
+                             ("policy_loss", get_policy_loss), ("loss_agg", get_agg_mode)):
+            try:
+                getter(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"GRPOConfig.{name}: {err}") from None
 
 
 class GRPOModule(RoundModule):

@@ -103,7 +103,11 @@ class OFSDConfig:
             raise ValueError("OFSDConfig.privileged_template must contain '{sibling}'")
         if (self.loss == "forward_kl_topk") != (self.topk > 0):
             raise ValueError("OFSDConfig: use topk > 0 exactly when loss is forward_kl_topk")
-        get_distill_loss(self.loss), get_sibling_selector(self.sibling_selector)
+        for name, getter in (("loss", get_distill_loss), ("sibling_selector", get_sibling_selector)):
+            try:
+                getter(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"OFSDConfig.{name}: {err}") from None
 
 
 @dataclass

@@ -19,12 +19,13 @@ GOLD = "Talmor"
 
 class ForceOneOf(LogitsProcessor):
     def __init__(self, choices: list[list[int]], generator: torch.Generator) -> None:
-        self.choices, self.generator, self.start, self.plan = choices, generator, None, None
+        self.choices, self.generator, self.start, self.last, self.plan = choices, generator, None, None, None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.start is None:
+        if self.start is None or input_ids.shape[1] <= self.last:  # a new generate call
             self.start = input_ids.shape[1]
             self.plan = torch.randint(len(self.choices), (input_ids.shape[0],), generator=self.generator)
+        self.last = input_ids.shape[1]
         step = input_ids.shape[1] - self.start
         forced = torch.full_like(scores, float("-inf"))
         for b in range(input_ids.shape[0]):

@@ -69,7 +69,7 @@ def test_one_round_changes_parameters_in_both_phases_and_writes_outputs(tmp_path
     torch.manual_seed(0)
     evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1)
     state = evolver.fit()
-    assert state == {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2}
+    assert state == {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}
     initial, after_grpo, after_ofsd = evolver.snapshots
     changed = lambda a, b: max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))  # noqa: E731
     assert changed(initial, after_grpo) > 1e-4, "GRPO did not update the policy"
@@ -77,6 +77,7 @@ def test_one_round_changes_parameters_in_both_phases_and_writes_outputs(tmp_path
 
     run = tmp_path / "run"
     assert (run / "checkpoints" / "round_1" / "model.safetensors").is_file()
+    assert not (run / "checkpoints" / "last").exists()  # superseded by the round checkpoint
     assert json.loads((run / "evolver_state.json").read_text())["round"] == 2
     records = [json.loads(line) for line in (run / "ofsd" / "round_1" / "trajectories.jsonl").open()]
     assert len(records) == 3 * 4 and {"response", "sibling", "loss_mask", "reward"} <= set(records[0])
@@ -101,7 +102,7 @@ def test_resume_continues_with_the_next_round(tmp_path, smol_tokenizer):
     # the fresh random policy is replaced by the checkpoint before any training
     from safetensors.torch import load_file
 
-    weights = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / saved["checkpoint"] / "model.safetensors"))
     resumed._maybe_resume()
     for name, p in resumed.policy.model.named_parameters():
         if name in weights:
@@ -120,3 +121,47 @@ def test_grpo_requires_reference_when_kl_is_on(smol_tokenizer):
 
     with pytest.raises(ValueError, match="reference"):
         GRPOModule(make_tiny_policy(smol_tokenizer), config=GRPOConfig(kl_coef=0.1))
+
+
+@pytest.mark.slow
+def test_fsdp_evolution_on_two_cpu_processes(tmp_path):
+    """The same evolution with strategy fsdp (FSDP2, gloo, 2 processes): it finishes, the policy
+    changed, and both ranks hold equal parameters afterwards."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("fsdp_evolve.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r0, r1 = (torch.load(tmp_path / f"params_rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["state"] == r1["state"]
+    assert r0["state"] == {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}
+    assert r0["changed"] > 1e-4
+    assert r0["params"].keys() == r1["params"].keys()
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    assert (tmp_path / "run" / "checkpoints" / "round_1" / "model.safetensors").is_file()
+    rows = (tmp_path / "run" / "val_table.csv").read_text().splitlines()
+    assert len(rows) == 3  # header, round 0, round 1: written once (rank 0)
+
+
+def test_run_killed_during_ofsd_resumes_without_redoing_grpo(tmp_path, smol_tokenizer):
+    class Crash(Evolver):
+        def _run_ofsd(self):
+            raise KeyboardInterrupt("killed")
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Crash).fit()
+    state = json.loads((tmp_path / "run" / "evolver_state.json").read_text())
+    assert state == {"round": 1, "phase": 1, "step_offset": 2, "grpo_batches": 2, "checkpoint": "last"}
+    resumed = make_evolver(tmp_path, smol_tokenizer, rounds=1)
+    final = resumed.fit()
+    assert final == {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}
+    assert len(resumed.snapshots) == 2  # only the OFSD phase ran
+    tags, _ = scalars(tmp_path / "run")
+    assert sorted(tags["grpo/reward_mean"]) == [0, 1] and sorted(tags["ofsd/distill_loss"]) == [2, 3]
