@@ -165,3 +165,17 @@ def test_run_killed_during_ofsd_resumes_without_redoing_grpo(tmp_path, smol_toke
     assert len(resumed.snapshots) == 2  # only the OFSD phase ran
     tags, _ = scalars(tmp_path / "run")
     assert sorted(tags["grpo/reward_mean"]) == [0, 1] and sorted(tags["ofsd/distill_loss"]) == [2, 3]
+
+
+def test_inspection_notebook_runs_on_a_run_directory(tmp_path, smol_tokenizer, capsys):
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver).fit()
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "inspect_run.ipynb").read_text())
+    scope = {"RUN_DIR": tmp_path / "run"}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), scope)  # noqa: S102 - our own notebook
+    out = capsys.readouterr().out
+    assert "grpo/reward_mean" in out and "with a sibling" in out and "'round': '1'" in out
