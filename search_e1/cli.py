@@ -137,7 +137,9 @@ def fit_parser() -> Any:
         skip = {"group_size"} if key == "rollout" else None  # each round sets its own group size
         parser.add_class_arguments(cls, key, sub_configs=True, skip=skip)
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=_TRAINER_OWNED, sub_configs=True)
-    parser.set_defaults({"trainer.accelerator": "auto", "trainer.devices": 1})
+    # one logged point per GRPO/OFSD step; rounds are short, so Lightning's default of 50 would hide them
+    parser.set_defaults({"trainer.accelerator": "auto", "trainer.devices": 1, "trainer.log_every_n_steps": 1,
+                         "trainer.enable_model_summary": False})
     return parser
 
 
@@ -184,7 +186,7 @@ def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
     from search_e1.errors import UserInputError
 
     try:
-        init = parser.instantiate_classes(cfg)
+        init = parser.instantiate(cfg)
     except (ValueError, TypeError) as err:  # a config class refused a value (it names the field)
         raise UserInputError(f"invalid configuration: {err}") from err
     init.demo_world.ensure()
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "evaluate":
             run_evaluate(sub_parser, sub_cfg)
         else:
-            kwargs = {k: v for k, v in sub_parser.instantiate_classes(sub_cfg).as_dict().items() if k != "config"}
+            kwargs = {k: v for k, v in sub_parser.instantiate(sub_cfg).as_dict().items() if k != "config"}
             COMMANDS[name](**kwargs)
     except (UserInputError, FileNotFoundError) as err:
         log.error("%s", err)

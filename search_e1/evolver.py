@@ -167,7 +167,8 @@ class Evolver:
         kwargs.update(logger=self.logger, max_epochs=1, enable_checkpointing=False, num_sanity_val_steps=0,
                       limit_val_batches=0, use_distributed_sampler=False)
         kwargs.setdefault("log_every_n_steps", 1)
-        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if kwargs.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(self.run_dir)
         return L.Trainer(**kwargs)
 
     def _run_grpo(self) -> int:

@@ -37,7 +37,6 @@ from search_e1.algos import (
     get_distill_loss,
     get_sibling_selector,
     make_teacher_targets,
-    masked_mean,
 )
 from search_e1.distributed import is_distributed
 from search_e1.policy import Policy, position_ids_from_mask
@@ -267,11 +266,13 @@ class OFSDModule(RoundModule):
         stats = {f"ofsd/rollout_{k}": v for k, v in rollout_stats(traj).items()}
         stats["ofsd/sibling_frac"] = float((siblings >= 0).float().mean()) if len(siblings) else 0.0
         stats["ofsd/examples"] = float(len(self.examples))
-        stats["ofsd/kl_before"] = self.mean_kl()
+        if self.examples:
+            stats["ofsd/kl_before"] = self.mean_kl()
         if self.logger is not None:
             self.logger.log_metrics(stats, step=0)
-        log.info("OFSD round: %d trajectories, %d with a sibling, KL before %.4f",
-                 len(traj), len(self.examples), stats["ofsd/kl_before"])
+        log.info("OFSD round: %d trajectories, %d with a more efficient correct sibling%s", len(traj),
+                 len(self.examples), f", teacher-student KL {stats['ofsd/kl_before']:.4f}" if self.examples
+                 else ": nothing to distil this round (no question had a correct trajectory)")
         rows = [i for i, j in enumerate(siblings.tolist()) if j >= 0][: self.config.log_text_samples]
         if rows:
             self.log_trajectories("ofsd/distilled_trajectories", traj, rows)
@@ -324,8 +325,7 @@ class OFSDModule(RoundModule):
             self.manual_backward(loss)
             total += float(loss.detach())
         grad_norm = self.optimizer_step_clipped(c.max_grad_norm)
-        stats = {"distill_loss": total, "tokens": n_tokens, "grad_norm": grad_norm, "lr": self.current_lr,
-                 "sampled_frac": float(masked_mean(batch["response_mask"], batch["response_mask"] >= 0))}
+        stats = {"distill_loss": total, "tokens": n_tokens, "grad_norm": grad_norm, "lr": self.current_lr}
         self.log_dict({f"ofsd/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["response_mask"].shape[0], sync_dist=True)
         self.log("kl", total, prog_bar=True, logger=False, batch_size=1)

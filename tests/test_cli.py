@@ -38,6 +38,11 @@ def test_every_config_loads_and_print_config_round_trips(path, capsys, tmp_path)
                 assert cfg[group][key] == value, (group, key)
 
 
+def test_trainer_defaults_log_every_step(capsys):
+    cfg = yaml.safe_load(_print_config(capsys, ["fit", "--config", str(CONF / "quickstart.yaml")]))
+    assert cfg["trainer"]["log_every_n_steps"] == 1  # rounds are a few steps long
+
+
 def test_configs_merge_in_order_and_dotted_flags_win(capsys, tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("grpo:\n  group_size: 3\nevolver:\n  rounds: 7\n")
