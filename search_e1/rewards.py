@@ -32,6 +32,7 @@ from search_e1.protocol import (
     TAG_RE,
     extract_answer,
 )
+from search_e1.registry import Registry
 
 Golden = str | Iterable[str]
 RewardFn = Callable[[str | None, Golden], float]
@@ -104,31 +105,14 @@ def f1_score(prediction: str | None, golden_answers: Golden) -> float:
 
 # --- reward registry --------------------------------------------------------------------------
 
-REWARDS: dict[str, RewardFn] = {}
+REWARDS: Registry[RewardFn] = Registry("reward")
 """Outcome reward functions ``(prediction, golden_answers) -> float`` by name."""
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator registering a reward function under ``name``; duplicates are refused."""
-
-    def decorator(fn: RewardFn) -> RewardFn:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is already registered ({REWARDS[name].__name__})")
-        REWARDS[name] = fn
-        return fn
-
-    return decorator
+register_reward = REWARDS.register
+get_reward_fn = REWARDS.get
 
 
 register_reward("em")(exact_match)
 register_reward("f1")(f1_score)
-
-
-def get_reward_fn(name: str) -> RewardFn:
-    """The registered reward function ``name``."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; registered: {sorted(REWARDS)}")
-    return REWARDS[name]
 
 
 @dataclass

@@ -6,7 +6,6 @@ import importlib
 
 import pytest
 
-from search_e1 import rewards
 from search_e1.rewards import (
     REWARDS,
     RewardConfig,
@@ -179,14 +178,15 @@ def test_registry_contains_em_and_f1_and_refuses_duplicates() -> None:
         get_reward_fn("bleu")
 
 
-def test_register_new_reward(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rewards, "REWARDS", dict(REWARDS))  # keep the global registry clean
-
+def test_register_new_reward() -> None:
     @register_reward("length")
     def length_reward(pred: str | None, golds: object) -> float:
         return float(len(pred or ""))
 
-    assert compute_reward("<answer>abc</answer>", ["x"], RewardConfig(name="length")) == 3.0
+    try:
+        assert compute_reward("<answer>abc</answer>", ["x"], RewardConfig(name="length")) == 3.0
+    finally:
+        REWARDS.pop("length")  # keep the global registry clean
 
 
 @pytest.mark.parametrize(

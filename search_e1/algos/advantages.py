@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from search_e1.registry import Registry
+
 AdvantageFn = Callable[..., Tensor]
 """``(rewards [N], group_ids [N] long, eps: float = 1e-6) -> advantages [N]``."""
 
@@ -115,29 +117,10 @@ def mixed_group_fraction(rewards: Tensor, group_ids: Tensor) -> float:
 
 # --- registry ---------------------------------------------------------------------------------
 
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
 """Advantage estimators ``(rewards [N], group_ids [N], eps) -> [N]`` by name."""
-
-
-def register_advantage_estimator(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator registering an advantage estimator under ``name``; duplicates are refused."""
-
-    def decorator(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_advantage_estimator(name: str) -> AdvantageFn:
-    """The registered advantage estimator ``name``."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(
-            f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}"
-        )
-    return ADVANTAGE_ESTIMATORS[name]
+register_advantage_estimator = ADVANTAGE_ESTIMATORS.register
+get_advantage_estimator = ADVANTAGE_ESTIMATORS.get
 
 
 @register_advantage_estimator("grpo")

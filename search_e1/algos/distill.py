@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from search_e1.registry import Registry
+
 __all__ = [
     "DISTILL_LOSSES",
     "FullTeacher",
@@ -255,8 +257,10 @@ TeacherTargets = FullTeacher | TopKTeacher
 DistillLossFn = Callable[[Tensor, TeacherTargets, Tensor | None], Tensor]
 """``(student_logits [B, T, V], teacher, mask [B, T] | None) -> per-token loss [B, T]``."""
 
-DISTILL_LOSSES: dict[str, DistillLossFn] = {}
+DISTILL_LOSSES: Registry[DistillLossFn] = Registry("distillation loss")
 """Token-level distillation losses by name."""
+register_distill_loss = DISTILL_LOSSES.register
+get_distill_loss = DISTILL_LOSSES.get
 
 
 def make_teacher_targets(
@@ -266,25 +270,6 @@ def make_teacher_targets(
     if topk is None:
         return FullTeacher(teacher_logits.detach(), temperature)
     return TopKTeacher.from_logits(teacher_logits, topk, temperature)
-
-
-def register_distill_loss(name: str) -> Callable[[DistillLossFn], DistillLossFn]:
-    """Decorator registering a distillation loss under ``name``; duplicates are refused."""
-
-    def decorator(fn: DistillLossFn) -> DistillLossFn:
-        if name in DISTILL_LOSSES:
-            raise ValueError(f"distillation loss {name!r} is already registered")
-        DISTILL_LOSSES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_distill_loss(name: str) -> DistillLossFn:
-    """The registered distillation loss ``name``."""
-    if name not in DISTILL_LOSSES:
-        raise ValueError(f"unknown distill loss {name!r}; registered: {sorted(DISTILL_LOSSES)}")
-    return DISTILL_LOSSES[name]
 
 
 @register_distill_loss("forward_kl")

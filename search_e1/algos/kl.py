@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from search_e1.registry import Registry
+
 KLFn = Callable[[Tensor, Tensor], Tensor]
 """``(logprobs [B, T], ref_logprobs [B, T]) -> per-token KL estimate [B, T]``."""
 
@@ -34,29 +36,10 @@ K3_CLAMP = 10.0
 """``k3`` is clamped to ``[-K3_CLAMP, K3_CLAMP]`` (it is >= 0, so in effect to at most 10)."""
 _MAX_LOG_RATIO = 20.0
 
-KL_ESTIMATORS: dict[str, KLFn] = {}
+KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
 """Per-token KL(pi || pi_ref) estimators by name."""
-
-
-def register_kl_estimator(*names: str) -> Callable[[KLFn], KLFn]:
-    """Decorator registering a KL estimator under one or more names; duplicates are refused."""
-
-    def decorator(fn: KLFn) -> KLFn:
-        for name in names:
-            if name in KL_ESTIMATORS:
-                raise ValueError(f"KL estimator {name!r} is already registered")
-        for name in names:
-            KL_ESTIMATORS[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_kl_estimator(name: str) -> KLFn:
-    """The registered KL estimator ``name``."""
-    if name not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {name!r}; registered: {sorted(KL_ESTIMATORS)}")
-    return KL_ESTIMATORS[name]
+register_kl_estimator = KL_ESTIMATORS.register
+get_kl_estimator = KL_ESTIMATORS.get
 
 
 @register_kl_estimator("k1")

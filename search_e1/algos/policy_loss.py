@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from search_e1.registry import Registry
+
 AggFn = Callable[[Tensor, Tensor, float | None, float | None], Tensor]
 """``(loss_mat [B, T], mask [B, T], num_tokens, num_seqs) -> scalar``."""
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -63,29 +65,10 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 # --- aggregation modes -------------------------------------------------------------------------
 
-LOSS_AGG_MODES: dict[str, AggFn] = {}
+LOSS_AGG_MODES: Registry[AggFn] = Registry("loss aggregation mode")
 """Loss aggregation modes ``(loss_mat, mask, num_tokens, num_seqs) -> scalar`` by name."""
-
-
-def register_agg_mode(name: str) -> Callable[[AggFn], AggFn]:
-    """Decorator registering a loss aggregation mode under ``name``; duplicates are refused."""
-
-    def decorator(fn: AggFn) -> AggFn:
-        if name in LOSS_AGG_MODES:
-            raise ValueError(f"loss aggregation mode {name!r} is already registered")
-        LOSS_AGG_MODES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_agg_mode(name: str) -> AggFn:
-    """The registered loss aggregation mode ``name``."""
-    if name not in LOSS_AGG_MODES:
-        raise ValueError(
-            f"unknown loss aggregation mode {name!r}; registered: {sorted(LOSS_AGG_MODES)}"
-        )
-    return LOSS_AGG_MODES[name]
+register_agg_mode = LOSS_AGG_MODES.register
+get_agg_mode = LOSS_AGG_MODES.get
 
 
 def _seq_mean(per_seq: Tensor, mask: Tensor, num_seqs: float | None) -> Tensor:
@@ -149,27 +132,10 @@ def agg_loss(
 
 # --- policy losses -----------------------------------------------------------------------------
 
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 """Per-token policy losses ``(...) -> (loss_mat [B, T], stats)`` by name."""
-
-
-def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Decorator registering a policy loss under ``name``; duplicates are refused."""
-
-    def decorator(fn: PolicyLossFn) -> PolicyLossFn:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_policy_loss(name: str) -> PolicyLossFn:
-    """The registered policy loss ``name``."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; registered: {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
+register_policy_loss = POLICY_LOSSES.register
+get_policy_loss = POLICY_LOSSES.get
 
 
 @register_policy_loss("ppo_clip")

@@ -30,6 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from search_e1.registry import Registry
+
 SiblingFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 """``(group_ids [N], correct [N], num_searches [N], num_tokens [N]) -> sibling index [N] (-1: none)``."""
 
@@ -99,29 +101,10 @@ def select_siblings(
 
 # --- registry ---------------------------------------------------------------------------------
 
-SIBLING_SELECTORS: dict[str, SiblingFn] = {}
+SIBLING_SELECTORS: Registry[SiblingFn] = Registry("sibling selector")
 """Sibling selectors by name."""
-
-
-def register_sibling_selector(name: str) -> Callable[[SiblingFn], SiblingFn]:
-    """Decorator registering a sibling selector under ``name``; duplicates are refused."""
-
-    def decorator(fn: SiblingFn) -> SiblingFn:
-        if name in SIBLING_SELECTORS:
-            raise ValueError(f"sibling selector {name!r} is already registered")
-        SIBLING_SELECTORS[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_sibling_selector(name: str) -> SiblingFn:
-    """The registered sibling selector ``name``."""
-    if name not in SIBLING_SELECTORS:
-        raise ValueError(
-            f"unknown sibling selector {name!r}; registered: {sorted(SIBLING_SELECTORS)}"
-        )
-    return SIBLING_SELECTORS[name]
+register_sibling_selector = SIBLING_SELECTORS.register
+get_sibling_selector = SIBLING_SELECTORS.get
 
 
 register_sibling_selector("most_efficient")(select_siblings)
