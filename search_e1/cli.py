@@ -5,6 +5,7 @@
     search-e1 demo-data --out demo            # the fictional demo world (corpus + QA splits)
     search-e1 index --corpus demo/corpus.jsonl
     search-e1 convert                         # the embedded GGUF policy -> HF cache directory
+    search-e1 serve --config conf/retrieval/serve-demo.yaml   # Search-R1's /retrieve API
     search-e1 COMMAND --help                  # every knob with its docstring
 
 ``fit`` and ``evaluate`` read one typed group per config object (``policy``, ``demo_world``,
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from search_e1.retrieval.embedder import EmbedderConfig
+from search_e1.retrieval.index import IndexConfig
 
 log = logging.getLogger("search_e1")
 
@@ -71,19 +73,20 @@ def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
         log.info("%s: %s", name, path)
 
 
-def index(corpus: Path, out: Path | None = None, embedder: EmbedderConfig = EmbedderConfig(),  # noqa: B008
-          progress: bool = True) -> None:
-    """Embed a wiki-18 style corpus (jsonl) and write a faiss inner-product Flat index.
+def index_corpus(corpus: Path, out: Path | None = None, embedder: EmbedderConfig = EmbedderConfig(),  # noqa: B008
+          index: IndexConfig = IndexConfig(), progress: bool = True) -> None:  # noqa: B008
+    """Embed a wiki-18 style corpus (jsonl) in resumable shards and write a faiss index.
 
     Args:
         corpus: Corpus jsonl, one {"id": ..., "contents": "\\"Title\\"\\ntext"} per line.
         out: Index directory (default: <corpus dir>/index); gets index.faiss and meta.json.
         embedder: Passage/query encoder settings.
+        index: Index kind (faiss factory string) and build settings (shards, training sample).
         progress: Show a progress bar.
     """
     from search_e1.retrieval import build_index
 
-    build_index(corpus, out or Path(corpus).parent / "index", embedder, progress=progress)
+    build_index(corpus, out or Path(corpus).parent / "index", embedder, progress=progress, index=index)
 
 
 def convert(gguf: Path | None = None, out: Path | None = None) -> None:
@@ -103,7 +106,7 @@ def convert(gguf: Path | None = None, out: Path | None = None) -> None:
     log.info("HF model directory: %s", path)
 
 
-COMMANDS = {"demo-data": demo_data, "index": index, "convert": convert}
+COMMANDS = {"demo-data": demo_data, "index": index_corpus, "convert": convert}
 
 
 # ---------------------------------------------------------------- parsers
@@ -143,6 +146,18 @@ def fit_parser() -> Any:
     return parser
 
 
+def serve_parser() -> Any:
+    """The parser of ``search-e1 serve``: a retriever behind Search-R1's ``/retrieve`` API."""
+    from search_e1.retrieval.dense import RetrieverConfig
+    from search_e1.retrieval.service import ServeConfig
+
+    parser = _config_parser("Serve a retriever over HTTP with Search-R1's /retrieve API (and /health).")
+    parser.add_class_arguments(DemoWorldConfig, "demo_world", sub_configs=True)
+    parser.add_class_arguments(RetrieverConfig, "retriever", sub_configs=True)
+    parser.add_class_arguments(ServeConfig, "serve", sub_configs=True)
+    return parser
+
+
 def evaluate_parser() -> Any:
     parser = fit_parser()
     parser.description = "Evaluate a policy (greedy) on QA files: EM, F1, searches, tokens per file."
@@ -159,9 +174,10 @@ def root_parser() -> tuple[Any, dict[str, Any]]:
 
     root = ArgumentParser(prog="search-e1", description="Search-E1: GRPO + offline self-distillation "
                           "for search-augmented reasoning agents.")
-    subs = {"fit": fit_parser(), "evaluate": evaluate_parser()}
+    subs = {"fit": fit_parser(), "evaluate": evaluate_parser(), "serve": serve_parser()}
     helps = {"fit": "Train: rounds of GRPO then OFSD (the Evolver).",
-             "evaluate": "Evaluate a checkpoint on QA files."}
+             "evaluate": "Evaluate a checkpoint on QA files.",
+             "serve": "Serve a retriever over HTTP (Search-R1's /retrieve API)."}
     for name, fn in COMMANDS.items():
         helps[name] = (fn.__doc__ or "").split("\n")[0]
         subs[name] = ArgumentParser(description=helps[name])
@@ -181,14 +197,19 @@ def _trainer_kwargs(ns: Any) -> dict[str, Any]:
     return out
 
 
-def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
-    """Instantiate the config groups; returns (namespace of objects, trainer kwargs)."""
+def _instantiate(parser: Any, cfg: Any) -> Any:
+    """The config groups as objects; a value refused by a config class exits 2 with its message."""
     from search_e1.errors import UserInputError
 
     try:
-        init = parser.instantiate(cfg)
-    except (ValueError, TypeError) as err:  # a config class refused a value (it names the field)
+        return parser.instantiate(cfg)
+    except (ValueError, TypeError) as err:  # the config classes name the field they refuse
         raise UserInputError(f"invalid configuration: {err}") from err
+
+
+def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """Instantiate the config groups; returns (namespace of objects, trainer kwargs)."""
+    init = _instantiate(parser, cfg)
     init.demo_world.ensure()
     return init, _trainer_kwargs(cfg.trainer)
 
@@ -233,6 +254,15 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
     return results
 
 
+def run_serve(parser: Any, cfg: Any) -> None:
+    from search_e1.retrieval import build_retriever
+    from search_e1.retrieval.service import serve
+
+    init = _instantiate(parser, cfg)
+    init.demo_world.ensure()
+    serve(build_retriever(init.retriever), init.serve)
+
+
 def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -267,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
             run_fit(sub_parser, sub_cfg)
         elif name == "evaluate":
             run_evaluate(sub_parser, sub_cfg)
+        elif name == "serve":
+            run_serve(sub_parser, sub_cfg)
         else:
             kwargs = {k: v for k, v in sub_parser.instantiate(sub_cfg).as_dict().items() if k != "config"}
             COMMANDS[name](**kwargs)

@@ -22,9 +22,22 @@ from search_e1.retrieval.base import Passage, Retriever, format_passages
 from search_e1.retrieval.corpus import Corpus, CorpusFormatError, load_corpus
 from search_e1.retrieval.dense import DenseRetriever, RetrieverConfig, build_retriever
 from search_e1.retrieval.embedder import Embedder, EmbedderConfig
-from search_e1.retrieval.index import build_flat_index, build_index, load_index, save_index
+from search_e1.retrieval.index import (
+    IndexConfig,
+    build_flat_index,
+    build_index,
+    load_index,
+    open_index,
+    save_index,
+)
+from search_e1.retrieval.store import CorpusStore, convert_corpus, open_corpus_store
 
 __all__ = [
+    "CorpusStore",  # memory-mapped corpus, indexes of any faiss kind (store.py, index.py)
+    "IndexConfig",
+    "convert_corpus",
+    "open_corpus_store",
+    "open_index",
     "Corpus",
     "CorpusFormatError",
     "DenseRetriever",
@@ -41,3 +54,16 @@ __all__ = [
     "load_index",
     "save_index",
 ]
+
+# The HTTP service and client need fastapi/uvicorn/httpx (not core dependencies): imported on use.
+_LAZY = {"HTTPRetriever": "http", "HTTPRetrieverConfig": "http", "RetrievalServiceError": "http",
+         "ServeConfig": "service", "create_app": "service", "serve": "service"}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"search_e1.retrieval.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

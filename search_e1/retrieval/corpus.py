@@ -1,13 +1,19 @@
-"""The passage store: a wiki-18 style jsonl corpus held in memory, addressed by position.
+"""Corpus lines: validation of wiki-18 style jsonl, and an in-memory `Corpus` for small cases.
 
-Each line is ``{"id": ..., "contents": "\\"Title\\"\\ntext"}``; position ``i`` in the file is row
-``i`` of the faiss index built from it, so retrievers map index hits back with
-`Corpus.get_by_position`. Malformed lines fail loudly with ``path:line: what was expected``.
+Each line is ``{"id": ..., "contents": "\\"Title\\"\\ntext"}``; position ``i`` among the non-blank
+lines is row ``i`` of the faiss index built from the file, so retrievers map index hits back with
+``get_by_position``. Malformed lines fail loudly with ``path:line: what was expected``.
+`iter_corpus` is the one validating reader: `load_corpus` (everything in memory, for small
+corpora and tests) and `search_e1.retrieval.store.convert_corpus` (the memory-mapped store the
+retrievers use, for corpora of any size) both read through it. `passage_text` is the one place
+that turns ``contents`` into the text an encoder sees.
 
 How it departs from Search-R1: Search-R1 loads the corpus with ``datasets.load_dataset("json")``
-(an Arrow cache on disk) and silently accepts any line shape; here loading is plain ``json``,
-validated line by line, and duplicate ids are an error (two rows with one id make recall
+(an Arrow cache on disk) and silently accepts any line shape; here every line is validated, a
+line that is not UTF-8 is named, and duplicate ids are an error (two rows with one id make recall
 metrics and supporting-passage checks ambiguous). Integer ids are accepted and kept as strings.
+Search-R1 encodes passages as the raw ``contents`` (title in quotes); the default here drops the
+quotes (``"title_text"``), and ``passage_format="contents"`` reproduces Search-R1.
 
 Run::
 
@@ -17,23 +23,64 @@ Run::
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from search_e1.errors import UserInputError
 from search_e1.retrieval.base import Passage
 
-__all__ = ["Corpus", "CorpusFormatError", "load_corpus"]
+__all__ = ["PASSAGE_FORMATS", "Corpus", "CorpusFormatError", "PassageSource", "iter_corpus",
+           "load_corpus", "passage_text"]
+
+PassageFormat = Literal["title_text", "contents"]
+PASSAGE_FORMATS: tuple[str, ...] = ("title_text", "contents")
+"""``title_text``: ``Title\\ntext`` (quotes dropped); ``contents``: the raw wiki-18 string."""
 
 
 class CorpusFormatError(UserInputError):
     """A corpus line is not ``{"id": str|int, "contents": str}`` (the message names the line)."""
 
 
+def passage_text(contents: str, format: PassageFormat = "title_text") -> str:
+    """The text an encoder sees for one wiki-18 ``contents`` string.
+
+    >>> passage_text('"Ada"\\nA poet.'), passage_text('"Ada"\\nA poet.', "contents")
+    ('Ada\\nA poet.', '"Ada"\\nA poet.')
+    >>> passage_text("no title line")
+    'no title line'
+    """
+    if format == "contents":
+        return contents
+    if format != "title_text":
+        raise ValueError(f"passage format must be one of {PASSAGE_FORMATS}, got {format!r}")
+    p = Passage.from_contents("", contents)
+    return f"{p.title}\n{p.text}" if p.title else p.text
+
+
+@runtime_checkable
+class PassageSource(Protocol):
+    """Passages by index row: `Corpus` (in memory) or `CorpusStore` (memory-mapped)."""
+
+    path: str | None
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Passage: ...
+
+    def get_by_position(
+        self, positions: Sequence[int], scores: Sequence[float] | None = None
+    ) -> list[Passage]: ...
+
+    def texts_for_embedding(
+        self, start: int = 0, stop: int | None = None, format: PassageFormat = "title_text"
+    ) -> list[str]: ...
+
+
 class Corpus:
-    """Passages in file order; ``corpus[i]`` is the passage behind index row ``i``."""
+    """Passages in file order held as Python strings; ``corpus[i]`` is index row ``i``."""
 
     def __init__(self, ids: list[str], contents: list[str], path: str | None = None) -> None:
         if len(ids) != len(contents):
@@ -90,20 +137,45 @@ class Corpus:
         """The passage with this ``id``."""
         return self[self.position(id)]
 
-    def texts_for_embedding(self) -> list[str]:
-        """``title\\ntext`` per passage (the wiki-18 quotes dropped), in index-row order."""
-        out = []
-        for c in self.contents:
-            p = Passage.from_contents("", c)
-            out.append(f"{p.title}\n{p.text}" if p.title else p.text)
-        return out
+    def texts_for_embedding(
+        self, start: int = 0, stop: int | None = None, format: PassageFormat = "title_text"
+    ) -> list[str]:
+        """Encoder texts (see `passage_text`) of rows ``start:stop``, in index-row order."""
+        return [passage_text(c, format) for c in self.contents[start:stop]]
 
 
-def _parse_line(line: str, where: str) -> tuple[str, str]:
+# ---------------------------------------------------------------- validated reading
+class LineMap:
+    """Row -> line number of a corpus file, remembering only where blank lines shift them."""
+
+    def __init__(self) -> None:
+        self._rows: list[int] = []  # rows where the line numbering jumps
+        self._lines: list[int] = []  # line number of that row
+
+    def note(self, row: int, lineno: int) -> None:
+        """Record that ``row`` is on line ``lineno`` (cheap when nothing jumped)."""
+        if lineno != self.line(row):
+            self._rows.append(row)
+            self._lines.append(lineno)
+
+    def line(self, row: int) -> int:
+        """Line number (from 1) of ``row`` (from 0)."""
+        k = bisect.bisect_right(self._rows, row) - 1
+        return row + 1 if k < 0 else self._lines[k] + row - self._rows[k]
+
+
+def _parse_line(line: str | bytes, where: str) -> tuple[str, str]:
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CorpusFormatError(
+                f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as err:
-        raise CorpusFormatError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        raise CorpusFormatError(
+            f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(rec, dict):
         raise CorpusFormatError(
             f'{where}: expected a JSON object {{"id": ..., "contents": ...}}, '
@@ -124,39 +196,48 @@ def _parse_line(line: str, where: str) -> tuple[str, str]:
     return str(pid), contents
 
 
-def load_corpus(path: str | Path) -> Corpus:
-    """Read a wiki-18 style jsonl corpus; blank lines are skipped, anything else malformed raises
-    `CorpusFormatError` (``path:line: ...``), and so does a repeated id."""
+def iter_corpus(
+    path: str | Path, advance: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, str, str]]:
+    """``(line number, id, contents)`` for every non-blank line of a wiki-18 jsonl, validated.
+
+    A malformed line raises `CorpusFormatError` naming ``path:line``; duplicates are the
+    caller's to check. ``advance(n)`` is called with the bytes of each line read (progress).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if advance is not None:
+                advance(len(line))
+            if line.strip():
+                pid, contents = _parse_line(line, f"{path}:{lineno}")
+                yield lineno, pid, contents
+
+
+def duplicate_id_error(path: str | Path, pid: str, line: int, first_line: int) -> CorpusFormatError:
+    """The error for a repeated id (one wording for every reader)."""
+    return CorpusFormatError(f"{path}:{line}: duplicate id {pid!r} (first on line {first_line})")
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read a wiki-18 style jsonl corpus into memory; blank lines are skipped, anything else
+    malformed raises `CorpusFormatError` (``path:line: ...``), and so does a repeated id.
+
+    For large corpora use `search_e1.retrieval.open_corpus_store` (memory-mapped) instead.
+    """
     ids: list[str] = []
     contents: list[str] = []
     position: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            pid, text = _parse_line(line, f"{path}:{lineno}")
-            if pid in position:
-                raise CorpusFormatError(
-                    f"{path}:{lineno}: duplicate id {pid!r} "
-                    f"(first on line {_line_of_row(path, position[pid])})"
-                )
-            position[pid] = len(ids)
-            ids.append(pid)
-            contents.append(text)
+    lines = LineMap()
+    for lineno, pid, text in iter_corpus(path):
+        if pid in position:
+            raise duplicate_id_error(path, pid, lineno, lines.line(position[pid]))
+        lines.note(len(ids), lineno)
+        position[pid] = len(ids)
+        ids.append(pid)
+        contents.append(text)
     corpus = Corpus(ids, contents, str(path))
     corpus._position = position
     return corpus
-
-
-def _line_of_row(path: Path, row: int) -> int:
-    """Line number of the ``row``-th non-blank line (only on the error path: no bookkeeping)."""
-    with open(path, encoding="utf-8") as f:
-        seen = -1
-        for lineno, line in enumerate(f, 1):
-            seen += bool(line.strip())
-            if seen == row:
-                return lineno
-    raise AssertionError("unreachable")

@@ -1,27 +1,35 @@
 """Dense retrieval in process: encode queries, search a faiss index, map rows back to passages.
 
 `DenseRetriever` implements the `Retriever` protocol over an encoder, a faiss index and the
-`Corpus` it was built from. `build_retriever(RetrieverConfig(...))` is the one-call path used by
-the data module and the CLI: it finds (or builds) the index directory next to the corpus, checks
-that the index belongs to this corpus and this encoder, and returns the retriever.
+passages it was built from (a memory-mapped `CorpusStore`, or an in-memory `Corpus` for small
+cases). `build_retriever(RetrieverConfig(...))` is the one-call path used by the data module and
+the CLI: it opens the corpus store (converting the jsonl on first use), finds (or builds) the
+index, checks that the index belongs to this corpus and this encoder, and returns the retriever.
+An index comes either from an index directory (index.faiss + meta.json, built by
+`build_index`) or from a bare faiss file built elsewhere (``index_path``, e.g. Search-R1's
+``e5_Flat.index`` with its ``wiki-18.jsonl``), used as it is without encoding anything.
 
 How it departs from Search-R1: Search-R1's ``retrieval_server.py`` only runs as an HTTP service
 and trusts that the index, corpus and encoder flags agree; here the retriever also runs in the
 trainer's process (no server for small corpora and tests), and a mismatched corpus (passage
 count) or encoder (pooling, prefixes, normalisation, dim) is an error at load time instead of
-silently wrong passages.
+silently wrong passages. With a bare index file only the count and dim can be checked.
 
 Run::
 
-    from search_e1.retrieval import RetrieverConfig, build_retriever
+    from search_e1.retrieval import EmbedderConfig, IndexConfig, RetrieverConfig, build_retriever
     retriever = build_retriever(RetrieverConfig(corpus="demo/world/corpus.jsonl"))
     retriever.search(["Who founded Zorvex Labs?"], topk=3)
+    search_r1 = build_retriever(RetrieverConfig(       # Search-R1's files, nothing re-encoded
+        corpus="wiki-18.jsonl", index_path="e5_Flat.index",
+        embedder=EmbedderConfig.e5("e5-base-v2"), index=IndexConfig(mmap=True)))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search_e1.retrieval.base import Passage
-from search_e1.retrieval.corpus import Corpus, load_corpus
+from search_e1.retrieval.corpus import PassageSource
 from search_e1.retrieval.embedder import (
     Embedder,
     EmbedderConfig,
@@ -39,10 +47,15 @@ from search_e1.retrieval.embedder import (
 from search_e1.retrieval.index import (
     INDEX_FILE,
     META_FILE,
+    VECTOR_FIELDS,
+    IndexConfig,
+    IndexMismatchError,
     build_index,
-    load_index,
+    import_faiss,
+    open_index,
     read_meta,
 )
+from search_e1.retrieval.store import open_corpus_store
 
 if TYPE_CHECKING:  # pragma: no cover
     import faiss
@@ -52,18 +65,18 @@ __all__ = ["DenseRetriever", "RetrieverConfig", "build_retriever"]
 log = logging.getLogger(__name__)
 
 # EmbedderConfig fields that change the vectors: an index is only valid with the same values
-_VECTOR_FIELDS = ("pooling", "query_prefix", "passage_prefix", "normalize")
+# (max_length and dtype only shift them slightly: a built index is not refused for those)
+_VECTOR_FIELDS = tuple(f for f in VECTOR_FIELDS if f not in ("max_length", "dtype"))
 
 
 class DenseRetriever:
-    """Top-k passages by inner product between the query vector and the passage vectors."""
+    """Top-k passages by similarity between the query vector and the passage vectors."""
 
-    def __init__(self, embedder: TextEncoder, index: faiss.Index, corpus: Corpus) -> None:
-        if index.ntotal != len(corpus):
-            raise ValueError(f"the index has {index.ntotal} rows but the corpus "
-                             f"{corpus.path or ''} has {len(corpus)} passages")
+    def __init__(self, embedder: TextEncoder, index: faiss.Index, corpus: PassageSource) -> None:
+        _check_rows(index.ntotal, corpus, "the index")
         if index.d != embedder.dim:
-            raise ValueError(f"the index has dim {index.d} but the embedder gives {embedder.dim}")
+            raise IndexMismatchError(f"the index has dim {index.d} but the embedder gives "
+                                     f"{embedder.dim}: it was built with another encoder")
         self.embedder = embedder
         self.index = index
         self.corpus = corpus
@@ -93,28 +106,76 @@ class DenseRetriever:
         corpus_path: str | Path | None = None,
         embedder: TextEncoder | None = None,
         *,
-        corpus: Corpus | None = None,
+        corpus: PassageSource | None = None,
         mmap: bool = False,
+        index: IndexConfig | None = None,
     ) -> DenseRetriever:
         """Load ``index_dir`` (``index.faiss`` + ``meta.json``).
 
         The corpus path and the embedder config come from ``meta.json`` unless ``corpus_path`` /
-        ``corpus`` or ``embedder`` are given. A passage count that differs from the index is an
-        error naming both files.
+        ``corpus`` or ``embedder`` are given; the corpus is served from its memory-mapped store
+        (converted on first use). ``index`` sets mmap, nprobe / efSearch and GPUs (``mmap=True``
+        alone also maps the file). A passage count that differs from the index is an error
+        naming both files.
         """
         index_dir = Path(index_dir)
         meta = read_meta(index_dir)
         if corpus is None:
-            corpus = load_corpus(corpus_path if corpus_path is not None else meta["corpus"])
+            corpus = open_corpus_store(corpus_path if corpus_path is not None else meta["corpus"])
         _check_count(meta, corpus, index_dir)
         if embedder is None:
             embedder = Embedder(_embedder_config_from_meta(meta))
-        return cls(embedder, load_index(index_dir / INDEX_FILE, mmap=mmap), corpus)
+        icfg = index or IndexConfig()
+        if mmap and not icfg.mmap:
+            icfg = dataclasses.replace(icfg, mmap=True)
+        return cls(embedder, open_index(index_dir / INDEX_FILE, icfg), corpus)
+
+    @classmethod
+    def from_index_file(
+        cls,
+        index_path: str | Path,
+        corpus: PassageSource,
+        embedder: TextEncoder | Callable[[], TextEncoder],
+        index: IndexConfig | None = None,
+    ) -> DenseRetriever:
+        """Load a bare faiss file built elsewhere (Search-R1's ``e5_Flat.index``: row i = corpus
+        row i, no meta.json), checking its row count before loading the encoder.
+
+        ``embedder`` may be a callable that loads the encoder, so a mismatched corpus fails fast.
+        """
+        icfg = index or IndexConfig()
+        _check_rows(_peek_ntotal(index_path), corpus, f"the index {index_path}")
+        faiss_index = open_index(index_path, icfg)
+        _check_rows(faiss_index.ntotal, corpus, f"the index {index_path}")
+        if getattr(faiss_index, "metric_type", None) != import_faiss().METRIC_INNER_PRODUCT:
+            log.warning("%s does not use inner product: scores are not cosine similarities",
+                        index_path)
+        encoder = embedder if isinstance(embedder, TextEncoder) else embedder()
+        log.info("loaded %s (%d vectors) without meta.json: the encoder settings are not "
+                 "checked (Search-R1's e5 index needs EmbedderConfig.e5)", index_path,
+                 faiss_index.ntotal)
+        return cls(encoder, faiss_index, corpus)
 
 
-def _check_count(meta: dict[str, Any], corpus: Corpus, index_dir: Path) -> None:
+def _peek_ntotal(path: str | Path) -> int | None:
+    """The row count of an index file without reading it (memory-mapped); None if unknown."""
+    try:
+        return int(open_index(path, IndexConfig(mmap=True)).ntotal)
+    except RuntimeError:  # a kind faiss cannot map
+        return None
+
+
+def _check_rows(ntotal: int | None, corpus: PassageSource, what: str) -> None:
+    if ntotal is not None and ntotal != len(corpus):
+        raise IndexMismatchError(
+            f"{what} has {ntotal} rows but the corpus {corpus.path or ''} has {len(corpus)} "
+            "passages: row i of the index must be passage i of the corpus (Search-R1's "
+            "e5_Flat.index goes with its wiki-18.jsonl)")
+
+
+def _check_count(meta: dict[str, Any], corpus: PassageSource, index_dir: Path) -> None:
     if meta["num_passages"] != len(corpus):
-        raise ValueError(
+        raise IndexMismatchError(
             f"{index_dir / META_FILE} was built from {meta['num_passages']} passages "
             f"({meta['corpus']}) but {corpus.path} has {len(corpus)}: the index belongs to "
             f"another corpus; delete {index_dir} to rebuild it"
@@ -132,8 +193,9 @@ def _check_embedder(meta: dict[str, Any], cfg: EmbedderConfig, index_dir: Path) 
     bad = [f"{name}={getattr(cfg, name)!r} (index: {built[name]!r})"
            for name in _VECTOR_FIELDS if name in built and built[name] != getattr(cfg, name)]
     if bad:
-        raise ValueError(f"embedder settings differ from those {index_dir} was built with: "
-                         f"{', '.join(bad)}; use the index's settings or rebuild the index")
+        raise IndexMismatchError(f"embedder settings differ from those {index_dir} was built "
+                                 f"with: {', '.join(bad)}; use the index's settings or rebuild "
+                                 "the index")
     if "path" in built and _same_model(built["path"], cfg.path) is False:
         log.warning("index %s was built with embedder %s, queries use %s", index_dir,
                     built["path"], cfg.path)
@@ -148,18 +210,24 @@ def _same_model(a: str, b: str) -> bool | None:
 
 @dataclass
 class RetrieverConfig:
-    """An in-process dense retriever: corpus, index directory and query encoder."""
+    """An in-process dense retriever: corpus, index and query encoder."""
 
     corpus: str
     """Path of the wiki-18 style corpus jsonl."""
     index_dir: str | None = None
-    """Directory with index.faiss + meta.json; None means "<corpus dir>/index"."""
+    """Directory of index.faiss + meta.json (built when missing); None: "<corpus dir>/index"."""
+    index_path: str | None = None
+    """A bare faiss file made elsewhere (Search-R1's e5_Flat.index), used as is; beats index_dir."""
+    store_dir: str | None = None
+    """Corpus store (converted from the jsonl on first use); None: "<corpus stem>.store" by it."""
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     """Encoder for queries (and for passages when the index is built)."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """Index kind and build knobs, and how to search it (mmap, nprobe, efSearch, GPUs)."""
     build_if_missing: bool = True
     """Build the index when index_dir has none (slow for big corpora), else raise."""
     mmap: bool = False
-    """Memory-map index.faiss instead of reading it into memory (large indexes)."""
+    """Memory-map the index file (same as index.mmap; kept for older configs)."""
 
     def __post_init__(self) -> None:
         if not self.corpus:
@@ -169,16 +237,30 @@ class RetrieverConfig:
         if not isinstance(self.embedder, EmbedderConfig):
             raise TypeError(f"RetrieverConfig.embedder must be an EmbedderConfig, "
                             f"got {type(self.embedder).__name__}")
+        if isinstance(self.index, dict):
+            self.index = IndexConfig(**self.index)
+        if not isinstance(self.index, IndexConfig):
+            raise TypeError(f"RetrieverConfig.index must be an IndexConfig, "
+                            f"got {type(self.index).__name__}")
 
     def resolved_index_dir(self) -> Path:
         """``index_dir``, or ``index/`` beside the corpus when it is None."""
         return Path(self.index_dir) if self.index_dir else Path(self.corpus).parent / "index"
 
+    def index_config(self) -> IndexConfig:
+        """``index`` with ``mmap`` turned on when either field asks for it."""
+        return dataclasses.replace(self.index, mmap=True) if self.mmap else self.index
+
 
 def build_retriever(cfg: RetrieverConfig, progress: bool = True) -> DenseRetriever:
     """Load the retriever of ``cfg``, building its index first when missing and allowed."""
+    store = open_corpus_store(cfg.corpus, cfg.store_dir, progress=progress)
+    if cfg.index_path:
+        if not Path(cfg.index_path).is_file():
+            raise FileNotFoundError(f"RetrieverConfig.index_path: no such file {cfg.index_path}")
+        return DenseRetriever.from_index_file(cfg.index_path, store,
+                                              lambda: Embedder(cfg.embedder), cfg.index_config())
     index_dir = cfg.resolved_index_dir()
-    corpus = load_corpus(cfg.corpus)
     embedder: Embedder | None = None
     if not ((index_dir / META_FILE).is_file() and (index_dir / INDEX_FILE).is_file()):
         if not cfg.build_if_missing:
@@ -189,10 +271,12 @@ def build_retriever(cfg: RetrieverConfig, progress: bool = True) -> DenseRetriev
         log.info("no index in %s: building it from %s", index_dir, cfg.corpus)
         embedder = Embedder(cfg.embedder)
         build_index(cfg.corpus, index_dir, cfg.embedder, progress, embedder=embedder,
-                    corpus=corpus)
+                    corpus=store, index=cfg.index)
     meta = read_meta(index_dir)
-    _check_count(meta, corpus, index_dir)  # before loading an encoder for nothing
+    _check_count(meta, store, index_dir)  # before loading an encoder for nothing
     _check_embedder(meta, cfg.embedder, index_dir)
-    return DenseRetriever.from_index_dir(
-        index_dir, embedder=embedder or Embedder(cfg.embedder), corpus=corpus, mmap=cfg.mmap
-    )
+    if meta.get("index", "Flat") != cfg.index.factory:
+        log.warning("the index in %s is %r (meta.json); index.factory %r applies only when "
+                    "building", index_dir, meta.get("index"), cfg.index.factory)
+    return DenseRetriever.from_index_dir(index_dir, embedder=embedder or Embedder(cfg.embedder),
+                                         corpus=store, index=cfg.index_config())

