@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from search_e1.data import RetrievalDataModule
 from search_e1.distributed import full_state_dict, is_distributed
+from search_e1.errors import UserInputError
 from search_e1.evaluate import evaluate_policy
 from search_e1.grpo import GRPOConfig, GRPOModule
 from search_e1.ofsd import OFSDConfig, OFSDModule
@@ -133,6 +134,11 @@ class Evolver:
         """Run (or resume) every round; returns the final state."""
         self.datamodule.setup("fit")
         self._maybe_resume()
+        if self.state["round"] > self.config.rounds:
+            log.warning("%s already holds a finished run (%d rounds): nothing to do; raise evolver.rounds to "
+                        "continue it, or use a new evolver.run_dir / evolver.resume false", self.run_dir,
+                        self.config.rounds)
+            return dict(self.state)
         if self.grpo.kl_coef > 0 and self.reference is None:
             self.reference = self.policy.reference()
         if self.state["step_offset"] == 0 and self.state["round"] == 1 and self.config.eval_initial:
@@ -260,8 +266,11 @@ class Evolver:
     def _maybe_resume(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / STATE_FILE
-        if not (self.config.resume and path.exists()):
+        if not path.exists():
             return
+        if not self.config.resume:  # never overwrite another run's checkpoints and logs
+            raise UserInputError(f"evolver.run_dir {self.run_dir} already holds a run ({path}); resume it "
+                                 "(evolver.resume true) or choose another run_dir")
         self.state = json.loads(path.read_text())
         ckpt = self.run_dir / "checkpoints" / self.state.get("checkpoint", "last")
         if self.grpo.kl_coef > 0:  # the reference is the policy as it was before any round

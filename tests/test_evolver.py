@@ -179,3 +179,19 @@ def test_inspection_notebook_runs_on_a_run_directory(tmp_path, smol_tokenizer, c
             exec("".join(cell["source"]), scope)  # noqa: S102 - our own notebook
     out = capsys.readouterr().out
     assert "grpo/reward_mean" in out and "with a sibling" in out and "'round': '1'" in out
+
+
+def test_finished_run_is_not_overwritten(tmp_path, smol_tokenizer, caplog):
+    from dataclasses import replace
+
+    from search_e1.errors import UserInputError
+
+    torch.manual_seed(0)
+    make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver).fit()
+    again = make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=RecordingEvolver)
+    assert again.fit()["round"] == 2 and len(again.snapshots) == 1  # finished: nothing ran
+    assert "nothing to do" in caplog.text
+    fresh = make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver)
+    fresh.config = replace(fresh.config, resume=False)
+    with pytest.raises(UserInputError, match="already holds a run"):
+        fresh.fit()
