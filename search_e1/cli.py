@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):  # they print through their own handler
+        logging.getLogger(name).propagate = False
     parser, subs = root_parser()
     cfg = parser.parse_args(argv)
     name = cfg.subcommand
