@@ -403,3 +403,13 @@ def test_e5_config_file_merges_through_the_cli(capsys) -> None:
     retriever = yaml.safe_load(capsys.readouterr().out)["data"]["retriever"]
     assert retriever["index_path"] == "/data/wiki-18/e5_Flat.index"
     assert retriever["index"]["gpu"] and retriever["embedder"]["passage_format"] == "contents"
+
+
+def test_opq_with_fewer_training_vectors_than_dimensions_is_refused(tmp_path) -> None:
+    """faiss would abort the process; we refuse with a clear error instead."""
+    from search_e1.retrieval.index import train_and_add
+
+    shard = tmp_path / "shard_00000.npy"
+    np.save(shard, np.random.default_rng(0).standard_normal((20, 32)).astype("float32"))
+    with pytest.raises(IndexConfigError, match="OPQ needs at least 32 training vectors"):
+        train_and_add([shard], 32, IndexConfig(factory="OPQ4,IVF2,Flat"), progress=False)

@@ -383,6 +383,11 @@ def train_and_add(
     n = sum(len(a) for a in arrays)
     if not index.is_trained and n:
         sample = _training_sample(arrays, cfg)
+        if cfg.factory.upper().startswith("OPQ") and len(sample) < dim:
+            # faiss aborts the whole process (not an exception) when an OPQ matrix trains on fewer
+            # vectors than dimensions
+            raise IndexConfigError(f"IndexConfig.factory {cfg.factory!r}: OPQ needs at least {dim} training "
+                                   f"vectors, the corpus gives {len(sample)}; use a factory without OPQ")
         log.info("training %s on %d vectors", cfg.factory, len(sample))
         try:
             index.train(sample)
