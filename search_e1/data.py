@@ -46,6 +46,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from search_e1.distributed import rank_world
 from search_e1.errors import UserInputError
 from search_e1.retrieval.base import Retriever
 from search_e1.retrieval.dense import RetrieverConfig
@@ -397,7 +398,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.save_hyperparameters(
             {
                 **{f"{split}_files": list(files) for split, files in self.files.items()},
-                "retriever": _plain(retriever),
+                "retriever": plain(retriever),
                 "batch_size": batch_size,
                 "val_batch_size": val_batch_size,
                 "max_train_examples": max_train_examples,
@@ -527,7 +528,7 @@ class RetrievalDataModule(L.LightningDataModule):
             generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
             return self._loader("train", self.batch_size, generator)
         start, count = self._round
-        rank, world = _rank_world()
+        rank, world = rank_world()
         per_global = self.batch_size * world
         flat = self.stream_indices(start * per_global, count * per_global)
         batches = [flat[b * per_global + rank * self.batch_size : b * per_global + (rank + 1) * self.batch_size]
@@ -565,14 +566,6 @@ class RetrievalDataModule(L.LightningDataModule):
 # argument checks
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _as_file_list(value: Any, name: str) -> tuple[str, ...]:
     """None -> (); one path -> (path,); a list of paths -> tuple; anything else -> TypeError."""
     if value is None:
@@ -600,8 +593,8 @@ def _check_int(value: Any, name: str, minimum: int | None = None, optional: bool
     return value
 
 
-def _plain(config: Any) -> Any:
-    """A config as JSON-plain data (dicts, lists, strings, numbers) for hparams."""
+def plain(config: Any) -> Any:
+    """A config as JSON-plain data (dicts, lists, strings, numbers): safe for hparams and yaml."""
     if config is None:
         return None
     data = asdict(config) if is_dataclass(config) and not isinstance(config, type) else config

@@ -26,6 +26,13 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` when torch.distributed is not running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def max_over_ranks(value: int) -> int:
     """The maximum of an integer over all ranks (identity when not distributed)."""
     if not is_distributed():

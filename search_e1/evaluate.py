@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from search_e1.distributed import is_distributed, max_over_ranks
+from search_e1.distributed import is_distributed, max_over_ranks, rank_world
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig, exact_match, f1_score
@@ -47,7 +47,7 @@ def evaluate_policy(
     averaged over questions, searches per question, sampled tokens per answer.
     """
     cfg = replace(rollout_config, group_size=1, temperature=0.0)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+    rank, world = rank_world()
     mine = list(examples)[rank::world]
     sums: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(_FIELDS, 0.0))
     was_training = policy.training

@@ -28,12 +28,13 @@ from search_e1.algos import (
     masked_mean,
     mixed_group_fraction,
 )
+from search_e1.data import plain
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig, exact_match
 from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory
-from search_e1.round_module import RoundModule, plain
+from search_e1.round_module import RoundModule
 
 
 @dataclass

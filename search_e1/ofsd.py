@@ -38,14 +38,15 @@ from search_e1.algos import (
     get_sibling_selector,
     make_teacher_targets,
 )
-from search_e1.distributed import is_distributed
+from search_e1.data import plain
+from search_e1.distributed import rank_world
 from search_e1.policy import Policy, position_ids_from_mask
 from search_e1.protocol import PromptConfig, build_messages
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig
 from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory
 from search_e1.rollout.generation import left_pad
-from search_e1.round_module import RoundModule, plain
+from search_e1.round_module import RoundModule
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class OFSDModule(RoundModule):
 
     def _rollout_round(self) -> Trajectory:
         """Roll out this rank's share of the questions; all ranks then hold every trajectory."""
-        rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+        rank, world = rank_world()
         mine = self.questions[rank::world]
         traj = self.rollout_questions([q for q, _ in mine], [g for _, g in mine], self.config.group_size)
         if world == 1:
@@ -250,15 +251,7 @@ class OFSDModule(RoundModule):
     def _save_dataset(self, traj: Trajectory, siblings: torch.Tensor) -> None:
         if self.out_dir is None or self.global_rank != 0:
             return
-        records = traj.to_records(self.policy.tokenizer)
-        for rec, j in zip(records, siblings.tolist(), strict=True):
-            rec["sibling"] = j
-        import json
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (self.out_dir / "trajectories.jsonl").open("w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        traj.save_jsonl(self.out_dir / "trajectories.jsonl", self.policy.tokenizer, sibling=siblings.tolist())
 
     def _log_start(self, traj: Trajectory, siblings: torch.Tensor) -> None:
         from search_e1.grpo import rollout_stats
@@ -295,7 +288,7 @@ class OFSDModule(RoundModule):
 
     def train_dataloader(self) -> DataLoader:
         """``steps * batch_size`` examples for this rank: its slice of the examples, cycled."""
-        rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+        rank, world = rank_world()
         pool = self.examples[rank::world] or self.examples
         n = self.steps * self.config.batch_size if pool else 0
         items = [pool[k % len(pool)] for k in range(n)]

@@ -13,7 +13,7 @@ number for text samples.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, is_dataclass
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -28,17 +28,6 @@ from search_e1.rewards import RewardConfig
 from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory, hf_generator, rollout
 
 log = logging.getLogger(__name__)
-
-
-def plain(value: Any) -> Any:
-    """Dataclasses/containers to plain Python types (safe for save_hyperparameters/yaml)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return plain(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 class RoundModule(L.LightningModule):
@@ -100,8 +89,6 @@ class RoundModule(L.LightningModule):
         """Sample ``group_size`` trajectories per question with the current policy (eval mode)."""
         if self.retriever is None:
             raise RuntimeError(f"{type(self).__name__} needs a retriever (pass the data module's)")
-        from dataclasses import replace
-
         cfg = replace(self.rollout_config, group_size=group_size, **overrides)
         was_training = self.policy.training
         self.policy.eval()

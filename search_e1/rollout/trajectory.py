@@ -97,8 +97,12 @@ class Trajectory:
         start, end = int(self.prompt_lengths[i]), int(self.attention_mask[i].sum())
         return tokenizer.decode(self.input_ids[i, start:end].tolist(), skip_special_tokens=False)
 
-    def to_records(self, tokenizer: Any | None = None) -> list[dict[str, Any]]:
-        """One JSON-serialisable dict per row (token ids, mask, log-probs, stats, text)."""
+    def to_records(self, tokenizer: Any | None = None, **columns: Sequence[Any]) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per row (token ids, mask, log-probs, stats, text), plus one
+        field per extra ``columns`` entry (a value per row)."""
+        for name, values in columns.items():
+            if len(values) != len(self):
+                raise ValueError(f"column {name!r} has {len(values)} values for {len(self)} rows")
         records = []
         for i in range(len(self)):
             n = int(self.attention_mask[i].sum())
@@ -114,14 +118,16 @@ class Trajectory:
             }
             if tokenizer is not None:
                 rec["response"] = self.response_text(i, tokenizer)
+            rec.update({name: values[i] for name, values in columns.items()})
             records.append(rec)
         return records
 
-    def save_jsonl(self, path: str | Path, tokenizer: Any | None = None) -> Path:
+    def save_jsonl(self, path: str | Path, tokenizer: Any | None = None, **columns: Sequence[Any]) -> Path:
+        """Write `to_records` as JSON lines (a data set anyone can open)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as f:
-            for rec in self.to_records(tokenizer):
+            for rec in self.to_records(tokenizer, **columns):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         return path
 
