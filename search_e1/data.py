@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -166,25 +166,35 @@ def _as_id(value: Any, where: str, what: str) -> str:
 # FlashRAG jsonl ------------------------------------------------------------------------------
 
 
+def iter_jsonl(
+    path: str | Path, error: type[UserInputError] = QADataError
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("path:line", object)`` for every non-blank line of a JSON-lines file.
+
+    A line that is not valid JSON, or not a JSON object, raises ``error`` (a `UserInputError`)
+    whose message starts with ``path:line``; the caller checks the fields, naming the same place.
+    """
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
 def _read_flashrag_jsonl(path: Path, data_source: str | None) -> list[QAExample]:
     source = data_source if data_source is not None else path.stem
-    examples: list[QAExample] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                examples.append(
-                    _parse_flashrag_line(line, f"{path}:{lineno}", len(examples), source)
-                )
-    return examples
+    return [_parse_flashrag_record(record, where, i, source)
+            for i, (where, record) in enumerate(iter_jsonl(path))]
 
 
-def _parse_flashrag_line(line: str, where: str, index: int, source: str) -> QAExample:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise QADataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise QADataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _parse_flashrag_record(record: dict[str, Any], where: str, index: int, source: str) -> QAExample:
     question = record.get("question")
     if "question" not in record:
         raise QADataError(f"{where}: missing field 'question' (expected a non-empty string)")
