@@ -19,6 +19,10 @@ Same ``(seed, size)`` gives byte-identical files: one ``random.Random(seed)`` dr
 With all-MiniLM-L6-v2 the supporting passage of every single-hop question is in the top 3
 (measured recall@3 = 1.00 at sizes 200 and 2000).
 
+`write_world` also writes ``demonstrations.jsonl``: one oracle demonstration per TRAINING question
+(search the entity the question names, for two-hop questions then the bridge entity, answer from
+the passage), the chat-message file that ``warmup.demonstrations`` reads (`search_e1.demo_oracle`).
+
 Run::
 
     python -m search_e1.demo_world --out demo/world --size 200 --seed 0
@@ -495,18 +499,22 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_world(out_dir: str | Path, seed: int = 0, size: int = 200) -> dict[str, Path]:
-    """Write ``corpus.jsonl``, ``{train,val,test}.jsonl`` and ``world.json`` into ``out_dir``.
+    """Write ``corpus.jsonl``, ``{train,val,test}.jsonl``, ``world.json`` and
+    ``demonstrations.jsonl`` (oracle demonstrations of the training questions) into ``out_dir``.
 
-    Returns the paths keyed ``corpus``, ``train``, ``val``, ``test``, ``world``.
+    Returns the paths keyed ``corpus``, ``train``, ``val``, ``test``, ``world``, ``demonstrations``.
     """
+    from search_e1.demo_oracle import oracle_demonstrations
+
     world = generate_world(seed, size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"corpus": out / "corpus.jsonl", **{s: out / f"{s}.jsonl" for s in SPLITS},
-             "world": out / "world.json"}
+             "world": out / "world.json", "demonstrations": out / "demonstrations.jsonl"}
     _write_jsonl(paths["corpus"], world.passages)
     for s in SPLITS:
         _write_jsonl(paths[s], world.splits[s])
+    _write_jsonl(paths["demonstrations"], oracle_demonstrations(world.passages, world.splits["train"]))
     paths["world"].write_text(json.dumps(world.meta(), indent=2) + "\n", encoding="utf-8")
     log.info("wrote a world of %d passages and %s questions to %s", len(world.passages),
              world.meta()["questions"], out)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from search_e1.demo_world import SPLITS, generate_world, main, write_world
-from search_e1.retrieval.base import Passage
+from search_e1.protocol import TAG_RE, PromptConfig, information_text
+from search_e1.retrieval.base import Passage, format_passages
 
 # generic words that follow a generated name ("Zorvex Labs", "Oskel River")
 _KIND_WORDS = {"River", "Labs", "Works", "Foundry", "Press", "Mills", "Shipping", "Bank",
@@ -37,7 +38,7 @@ def _all_questions(world) -> list[dict]:
 def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     a = write_world(tmp_path / "a", seed=5, size=60)
     b = write_world(tmp_path / "b", seed=5, size=60)
-    assert set(a) == {"corpus", "train", "val", "test", "world"}
+    assert set(a) == {"corpus", "train", "val", "test", "world", "demonstrations"}
     for key in a:
         assert a[key].read_bytes() == b[key].read_bytes(), key
 
@@ -161,3 +162,49 @@ def test_main_writes_files(tmp_path: Path) -> None:
     paths = main(["--out", str(tmp_path / "w"), "--size", "20", "--seed", "2"])
     assert all(p.is_file() for p in paths.values())
     assert json.loads(paths["world"].read_text())["size"] == 20
+
+
+# ---------------------------------------------------------------- oracle demonstrations
+def test_demonstrations_cover_the_training_split_only(tmp_path: Path) -> None:
+    paths = write_world(tmp_path, seed=3, size=60)
+    demos = _read_jsonl(paths["demonstrations"])
+    train = {q["id"]: q for q in _read_jsonl(paths["train"])}
+    held_out = {q["question"] for s in ("val", "test") for q in _read_jsonl(paths[s])}
+    assert [d["id"] for d in demos] == list(train)  # every training question, in file order
+    assert not {d["question"] for d in demos} & held_out
+    for d in demos:
+        q = train[d["id"]]
+        assert d["question"] == q["question"] and d["golden_answers"] == q["golden_answers"]
+        roles = [m["role"] for m in d["messages"]]
+        assert roles == ["assistant", "user"] * q["metadata"]["hops"] + ["assistant"]
+        final = d["messages"][-1]["content"]
+        assert final.startswith("<answer> ") and final.endswith(" </answer>")
+        assert final.removeprefix("<answer> ").removesuffix(" </answer>") in q["golden_answers"]
+        for m in d["messages"][1:-1:2]:  # information turns: only the environment's own tags
+            assert [t.group(0) for t in TAG_RE.finditer(m["content"])] == ["<information>", "</information>"]
+
+
+def test_demonstrations_name_the_entity_of_the_question(world_paths) -> None:
+    corpus = {p["id"]: Passage.from_contents(p["id"], p["contents"]) for p in _read_jsonl(world_paths["corpus"])}
+    train = {q["id"]: q for q in _read_jsonl(world_paths["train"])}
+    for d in _read_jsonl(world_paths["demonstrations"]):
+        support = [corpus[i] for i in train[d["id"]]["metadata"]["supporting_ids"]]
+        searches = [m["content"] for m in d["messages"][0:-1:2]]
+        assert searches == [f"<search> {p.title} </search>" for p in support]
+        assert support[0].title in d["question"]
+
+
+@pytest.mark.slow
+def test_demonstrations_searches_find_the_passages_they_show(world_paths, demo_retriever) -> None:
+    """Each <search> of a demonstration, run through MiniLM over the demo corpus, returns the passage
+    that the following information turn shows within the top 3 (rendered exactly as shown)."""
+    turn = PromptConfig(info_format="turn")
+    queries, shown = [], []
+    for d in _read_jsonl(world_paths["demonstrations"]):
+        for search, info in zip(d["messages"][0:-1:2], d["messages"][1:-1:2], strict=True):
+            queries.append(search["content"].removeprefix("<search> ").removesuffix(" </search>"))
+            shown.append(info["content"])
+    results = demo_retriever.search(queries, 3)
+    missed = [(q, s) for q, s, found in zip(queries, shown, results, strict=True)
+              if s not in {information_text(format_passages([p]), turn) for p in found}]
+    assert len(queries) > 200 and missed == [], missed[:3]
