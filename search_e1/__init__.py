@@ -37,10 +37,12 @@ _LAZY: dict[str, str] = {
     "OFSDConfig": "search_e1.ofsd",
     "Evolver": "search_e1.evolver",
     "EvolverConfig": "search_e1.evolver",
+    "WarmupModule": "search_e1.warmup",
+    "WarmupConfig": "search_e1.warmup",
 }
 _SUBMODULES = {
     "algos", "data", "demo_world", "evaluate", "evolver", "grpo", "metrics", "ofsd", "policy", "protocol",
-    "retrieval", "rewards", "rollout",
+    "retrieval", "rewards", "rollout", "warmup",
 }
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from search_e1.retrieval import DenseRetriever, Passage, Retriever  # noqa: F401
     from search_e1.rewards import exact_match, f1_score, normalize_answer  # noqa: F401
     from search_e1.rollout import RolloutConfig, Trajectory, rollout  # noqa: F401
+    from search_e1.warmup import WarmupConfig, WarmupModule  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
