@@ -2,14 +2,15 @@
 
     search-e1 fit --config conf/quickstart.yaml [--grpo.group_size 4] [--trainer.devices 2]
     search-e1 evaluate --config conf/quickstart.yaml --ckpt runs/quickstart/checkpoints/round_2
-    search-e1 demo-data --out demo            # the fictional demo world (corpus + QA splits)
+    search-e1 demo-data --out demo            # the fictional demo world (corpus, QA splits, demonstrations)
     search-e1 index --corpus demo/corpus.jsonl
     search-e1 convert                         # the embedded GGUF policy -> HF cache directory
     search-e1 serve --config conf/retrieval/serve-demo.yaml   # Search-R1's /retrieve API
     search-e1 COMMAND --help                  # every knob with its docstring
 
 ``fit`` and ``evaluate`` read one typed group per config object (``policy``, ``demo_world``,
-``data``, ``prompt``, ``rollout``, ``reward``, ``grpo``, ``ofsd``, ``evolver``, ``trainer``);
+``data``, ``prompt``, ``rollout``, ``reward``, ``warmup``, ``grpo``, ``ofsd``, ``evolver``,
+``trainer``);
 several ``--config`` files merge in order, dotted flags override them, ``--print_config`` shows the
 result, and unknown keys or wrong types are refused with the key's name. ``trainer.strategy:
 fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy``.
@@ -28,7 +29,7 @@ from search_e1.retrieval.index import IndexConfig
 
 log = logging.getLogger("search_e1")
 
-FIT_GROUPS = ("policy", "demo_world", "data", "prompt", "rollout", "reward", "grpo", "ofsd", "evolver")
+FIT_GROUPS = ("policy", "demo_world", "data", "prompt", "rollout", "reward", "warmup", "grpo", "ofsd", "evolver")
 # Trainer arguments the Evolver sets itself for every round
 _TRAINER_OWNED = {
     "logger", "callbacks", "enable_checkpointing", "max_epochs", "min_epochs", "max_steps", "min_steps",
@@ -60,7 +61,7 @@ class DemoWorldConfig:
 
 # ---------------------------------------------------------------- function commands
 def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
-    """Write the generated fictional world: corpus.jsonl and train/val/test QA jsonl files.
+    """Write the generated fictional world: corpus, train/val/test QA and training demonstrations.
 
     Args:
         out: Output directory (created).
@@ -131,11 +132,12 @@ def fit_parser() -> Any:
     from search_e1.protocol import PromptConfig
     from search_e1.rewards import RewardConfig
     from search_e1.rollout import RolloutConfig
+    from search_e1.warmup import WarmupConfig
 
-    parser = _config_parser("Train a search agent with Search-E1: rounds of GRPO then OFSD.")
+    parser = _config_parser("Train a search agent with Search-E1: an optional warm-up, then rounds of GRPO and OFSD.")
     groups = {"policy": PolicyConfig, "demo_world": DemoWorldConfig, "data": RetrievalDataModule,
-              "prompt": PromptConfig, "rollout": RolloutConfig, "reward": RewardConfig, "grpo": GRPOConfig,
-              "ofsd": OFSDConfig, "evolver": EvolverConfig}
+              "prompt": PromptConfig, "rollout": RolloutConfig, "reward": RewardConfig, "warmup": WarmupConfig,
+              "grpo": GRPOConfig, "ofsd": OFSDConfig, "evolver": EvolverConfig}
     for key, cls in groups.items():
         skip = {"group_size"} if key == "rollout" else None  # each round sets its own group size
         parser.add_class_arguments(cls, key, sub_configs=True, skip=skip)
@@ -227,7 +229,7 @@ def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
         if not (run_dir / "config.yaml").exists():  # saved once; a resumed run keeps the original
             (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
     evolver = Evolver(Policy.from_config(init.policy), init.data, init.grpo, init.ofsd, init.rollout,
-                      init.prompt, init.reward, init.evolver, trainer_kwargs)
+                      init.prompt, init.reward, init.evolver, trainer_kwargs, warmup=init.warmup)
     return evolver.fit()
 
 

@@ -13,6 +13,13 @@ phase, the latest checkpoint and the step
 offset, so a killed run restarted with the same config continues with the next phase. After each
 round the val split is evaluated (greedy) and a row is appended to ``val_table.csv``.
 
+With ``warmup.demonstrations`` set (`search_e1.warmup`, off by default: a departure for small
+models) a supervised warm-up runs once before round 1 as its own phase: its own Trainer, its steps
+on the same axis, the policy saved to ``checkpoints/warmup``, a val row ``round = warmup``. A run
+killed during the warm-up reruns it from the initial weights (its steps logged after those of the
+killed attempt); a run killed later resumes from the checkpoints. The frozen KL reference of GRPO
+is the policy as it enters round 1: the warm-up's weights when one ran, else the initial ones.
+
 With ``strategy: fsdp`` the Trainers use Lightning's ``ModelParallelStrategy`` (FSDP2, every
 process on the data-parallel axis); the shared policy is sharded once by the first module's
 ``configure_model`` and stays sharded.
@@ -44,6 +51,7 @@ from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
 from search_e1.rewards import RewardConfig
 from search_e1.rollout import GeneratorFactory, RolloutConfig
+from search_e1.warmup import WarmupConfig, WarmupExample, WarmupModule, load_demonstrations
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,7 @@ class Evolver:
         trainer: keyword arguments of every round's ``lightning.Trainer``; ``strategy: fsdp``
             selects FSDP2 through ``ModelParallelStrategy``.
         generator_factory: rollout backend for training and evaluation (default: HF generate).
+        warmup: supervised warm-up before round 1 (runs only when ``warmup.demonstrations`` is set).
     """
 
     def __init__(
@@ -115,9 +124,10 @@ class Evolver:
         ofsd: OFSDConfig | None = None, rollout: RolloutConfig | None = None,
         prompt: PromptConfig | None = None, reward: RewardConfig | None = None,
         config: EvolverConfig | None = None, trainer: dict[str, Any] | None = None,
-        generator_factory: GeneratorFactory | None = None,
+        generator_factory: GeneratorFactory | None = None, warmup: WarmupConfig | None = None,
     ) -> None:
         self.generator_factory = generator_factory
+        self.warmup = warmup
         self.policy, self.datamodule = policy, datamodule
         self.grpo, self.ofsd = grpo or GRPOConfig(), ofsd or OFSDConfig()
         self.rollout, self.prompt, self.reward = rollout or RolloutConfig(), prompt or PromptConfig(), reward or RewardConfig()
@@ -128,6 +138,7 @@ class Evolver:
                                               default_hp_metric=False)
         self.reference: Policy | None = None
         self.state: dict[str, Any] = {"round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0}
+        self._fresh = True  # no state file was found: a new run
 
     # ---------------------------------------------------------------- public
     def fit(self) -> dict[str, Any]:
@@ -139,10 +150,15 @@ class Evolver:
                         "continue it, or use a new evolver.run_dir / evolver.resume false", self.run_dir,
                         self.config.rounds)
             return dict(self.state)
-        if self.grpo.kl_coef > 0 and self.reference is None:
+        demonstrations = self._pending_warmup()  # read and checked before any training
+        if self.grpo.kl_coef > 0 and self.reference is None:  # unsharded copy; a warm-up reloads it
             self.reference = self.policy.reference()
-        if self.state["step_offset"] == 0 and self.state["round"] == 1 and self.config.eval_initial:
-            self._evaluate(round_=0)
+        if self._fresh:
+            if self.config.eval_initial:
+                self._evaluate(round_=0)
+            self._write_state()  # the run has begun: a rerun resumes it (and keeps one round-0 row)
+        if demonstrations is not None:
+            self._run_warmup(demonstrations)
         while self.state["round"] <= self.config.rounds:
             phase = PHASES[self.state["phase"]]
             L.seed_everything(self.config.seed + 10 * self.state["round"] + self.state["phase"], workers=True,
@@ -161,6 +177,41 @@ class Evolver:
                                self.reward, self.config.eval_batch_size, generator_factory=self.generator_factory)
 
     # ---------------------------------------------------------------- phases
+    def _pending_warmup(self) -> list[WarmupExample] | None:
+        """The encoded demonstrations when a warm-up is configured and has not finished, else None."""
+        c = self.warmup
+        if c is None or c.demonstrations is None or self.state.get("warmup") == "done":
+            return None
+        if "warmup" not in self.state and "checkpoint" in self.state:
+            log.warning("%s was started without a warm-up; it is not added in the middle of the run",
+                        self.run_dir)
+            return None
+        return load_demonstrations(c.demonstrations, self.policy.tokenizer, self.prompt, self.rollout,
+                                   c.max_examples)
+
+    def _run_warmup(self, demonstrations: list[WarmupExample]) -> None:
+        """The warm-up phase; afterwards the policy is in ``checkpoints/warmup`` and so is the reference."""
+        c = self.warmup
+        assert c is not None
+        if self.state.get("warmup") == "started":  # a killed attempt may have logged up to c.steps steps
+            self.state["step_offset"] += c.steps
+        self.state["warmup"] = "started"
+        self.logger.step_offset = self.state["step_offset"]
+        self._write_state()
+        log.info("warm-up: %d steps on %d demonstrations from %s", c.steps, len(demonstrations), c.demonstrations)
+        L.seed_everything(self.config.seed, workers=True, verbose=False)
+        self._trainer().fit(WarmupModule(self.policy, demonstrations, c))
+        self.state["step_offset"] += c.steps
+        self.logger.step_offset = self.state["step_offset"]
+        path = self.run_dir / "checkpoints" / "warmup"
+        self.save_policy(path)
+        self.state["checkpoint"] = "warmup"
+        if self.reference is not None:
+            load_policy_weights(self.reference.model, path)
+        self._evaluate(round_="warmup")
+        self.state["warmup"] = "done"
+        self._write_state()
+
     def _trainer(self) -> L.Trainer:
         kwargs = dict(self.trainer_kwargs)
         strategy = kwargs.get("strategy", "auto")
@@ -222,12 +273,12 @@ class Evolver:
         return not is_distributed() or torch.distributed.get_rank() == 0
 
     # ---------------------------------------------------------------- outputs
-    def _evaluate(self, round_: int) -> None:
+    def _evaluate(self, round_: int | str) -> None:
         if not self.datamodule.files["val"]:
             return
         results = self.evaluate("val", self.config.eval_max_questions)["all"]
         row = {"round": round_, "step": self.state["step_offset"], **{k: round(v, 4) for k, v in results.items()}}
-        log.info("val after round %d: EM %.3f F1 %.3f searches %.2f tokens %.1f", round_, results["em"],
+        log.info("val after round %s: EM %.3f F1 %.3f searches %.2f tokens %.1f", round_, results["em"],
                  results["f1"], results["searches"], results["tokens"])
         self.logger.log_metrics({f"val/{k}": v for k, v in results.items() if k != "n"}, step=0)
         self._append_row(row)
@@ -272,20 +323,32 @@ class Evolver:
             raise UserInputError(f"evolver.run_dir {self.run_dir} already holds a run ({path}); resume it "
                                  "(evolver.resume true) or choose another run_dir")
         self.state = json.loads(path.read_text())
-        ckpt = self.run_dir / "checkpoints" / self.state.get("checkpoint", "last")
-        if self.grpo.kl_coef > 0:  # the reference is the policy as it was before any round
-            self.reference = self.policy.reference()
-        from safetensors.torch import load_file
-
-        files = sorted(ckpt.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"cannot resume: {path} exists but {ckpt} holds no weights")
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            weights.update(load_file(str(f)))
-        missing, unexpected = self.policy.model.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise RuntimeError(f"checkpoint {ckpt} does not match the policy: missing {missing}, unexpected {unexpected}")
+        self._fresh = False
         self.logger.step_offset = self.state["step_offset"]
+        if "checkpoint" not in self.state:  # killed before a phase finished: start from the initial weights
+            log.info("resuming %s from the initial weights (no phase had finished)", self.run_dir)
+            return
+        if self.grpo.kl_coef > 0 and self.reference is None:
+            # the reference is the policy as it entered round 1: the warm-up's, else the initial weights
+            self.reference = self.policy.reference()
+            if self.state.get("warmup") == "done":
+                load_policy_weights(self.reference.model, self.run_dir / "checkpoints" / "warmup")
+        load_policy_weights(self.policy.model, self.run_dir / "checkpoints" / self.state["checkpoint"])
         log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
                  PHASES[self.state["phase"]], self.state["step_offset"])
+
+
+def load_policy_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load the safetensors weights of a `Evolver.save_policy` directory into ``model`` (unsharded);
+    a missing ``lm_head`` (tied to the embeddings) is accepted."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(ckpt).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"cannot resume: {ckpt} holds no weights")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"checkpoint {ckpt} does not match the policy: missing {missing}, unexpected {unexpected}")

@@ -67,3 +67,20 @@ def write_qa(path, n: int, prefix: str) -> str:
             f.write(json.dumps({"id": f"{prefix}{i}", "question": f"Where is item {prefix}{i}?",
                                 "golden_answers": [GOLD]}) + "\n")
     return str(path)
+
+
+def write_demonstrations(path, n: int, prefix: str) -> str:
+    """Oracle demonstrations (shape: question + messages from the first assistant turn) of the
+    `write_qa` questions, in EchoRetriever's passage format."""
+    import json
+
+    with open(path, "w") as f:
+        for i in range(n):
+            item = f"item {prefix}{i}"
+            messages = [
+                {"role": "assistant", "content": f"<search> {item} </search>"},
+                {"role": "user", "content": f"<information>Doc 1 (Title: {item}) {item} is near {GOLD}.</information>"},
+                {"role": "assistant", "content": f"<answer> {GOLD} </answer>"},
+            ]
+            f.write(json.dumps({"id": f"{prefix}{i}", "question": f"Where is {item}?", "messages": messages}) + "\n")
+    return str(path)

@@ -90,6 +90,8 @@ def test_help_lists_knobs_with_docstrings(capsys):
     out = capsys.readouterr().out
     for flag, doc in [("--grpo.kl_coef", "reference policy"), ("--ofsd.show_documents", "retrieved documents"),
                       ("--evolver.rounds", "(GRPO round, OFSD round)"), ("--rollout.max_turns", "Generation turns"),
+                      ("--warmup.demonstrations", "Chat-message JSONL"), ("--warmup.steps", "Optimiser steps"),
+                      ("--warmup.micro_batch_size", "per forward/backward"), ("--warmup.max_examples", "first N"),
                       ("--trainer.precision", None)]:
         assert flag in out and (doc is None or doc in out), flag
 

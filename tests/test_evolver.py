@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 from conftest import make_tiny_policy
-from scripted import EchoRetriever, scripted_factory, write_qa
+from scripted import EchoRetriever, scripted_factory, write_demonstrations, write_qa
 
 from search_e1 import Evolver, RetrievalDataModule
 from search_e1.evolver import EvolverConfig
 from search_e1.grpo import GRPOConfig
 from search_e1.ofsd import OFSDConfig
 from search_e1.rollout import RolloutConfig
+from search_e1.warmup import WarmupConfig, WarmupModule
 
 GRPO_TAGS = {"reward_mean", "em", "mixed_group_frac", "searches_mean", "response_length", "kl", "clip_frac",
              "entropy", "grad_norm", "lr", "pg_loss"}
@@ -36,7 +37,7 @@ class RecordingEvolver(Evolver):
         super()._advance(steps)
 
 
-def make_evolver(tmp_path, smol_tokenizer, rounds: int, cls=RecordingEvolver):
+def make_evolver(tmp_path, smol_tokenizer, rounds: int, cls=RecordingEvolver, warmup: WarmupConfig | None = None):
     dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 6, "t"),
                              val_files=write_qa(tmp_path / "val.jsonl", 3, "v"), batch_size=2)
     dm.set_retriever(EchoRetriever())
@@ -48,7 +49,7 @@ def make_evolver(tmp_path, smol_tokenizer, rounds: int, cls=RecordingEvolver):
         config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=rounds, grpo_steps=2, ofsd_steps=2,
                              eval_batch_size=4),
         trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        generator_factory=scripted_factory,
+        generator_factory=scripted_factory, warmup=warmup,
     )
 
 
@@ -195,3 +196,116 @@ def test_finished_run_is_not_overwritten(tmp_path, smol_tokenizer, caplog):
     fresh.config = replace(fresh.config, resume=False)
     with pytest.raises(UserInputError, match="already holds a run"):
         fresh.fit()
+
+
+# ---------------------------------------------------------------- the warm-up phase
+def warmup_config(tmp_path) -> WarmupConfig:
+    return WarmupConfig(demonstrations=write_demonstrations(tmp_path / "demos.jsonl", 4, "t"), steps=2, lr=5e-3,
+                        batch_size=2, micro_batch_size=1)
+
+
+def weights_of(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def same_weights(model, weights) -> bool:
+    params = dict(model.named_parameters())
+    return all(torch.equal(params[k].detach(), v) for k, v in weights.items() if k in params)
+
+
+def ordered_steps(run_dir):
+    """Every scalar tag's steps in the order they were written (wall time, across event files)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events: dict[str, list[tuple[float, int]]] = {}
+    for path in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            events.setdefault(tag, []).extend((e.wall_time, e.step) for e in acc.Scalars(tag))
+    return {tag: [step for _, step in sorted(pairs)] for tag, pairs in events.items()}
+
+
+def val_rounds(run_dir) -> list[str]:
+    return [r["round"] for r in csv.DictReader((run_dir / "val_table.csv").open())]
+
+
+def test_warmup_runs_once_before_round_one(tmp_path, smol_tokenizer):
+    torch.manual_seed(0)
+    evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1, warmup=warmup_config(tmp_path))
+    initial = {k: v.detach().clone() for k, v in evolver.policy.model.named_parameters()}
+    state = evolver.fit()
+    assert state == {"round": 2, "phase": 0, "step_offset": 6, "grpo_batches": 2, "checkpoint": "round_1",
+                     "warmup": "done"}
+    run = tmp_path / "run"
+    warm = weights_of(run / "checkpoints" / "warmup")
+    assert max((warm[k] - v).abs().max().item() for k, v in initial.items() if k in warm) > 1e-4
+    assert same_weights(evolver.reference.model, warm)  # GRPO's reference: the policy entering round 1
+    assert same_weights(evolver.policy.model, weights_of(run / "checkpoints" / "round_1"))
+    assert val_rounds(run) == ["0", "warmup", "1"]
+    tags = ordered_steps(run)
+    assert {f"warmup/{t}" for t in ("loss", "tokens", "grad_norm", "lr")} <= set(tags)
+    assert tags["warmup/loss"] == [0, 1] and tags["grpo/reward_mean"] == [2, 3] and tags["ofsd/distill_loss"] == [4, 5]
+    assert tags["val/em"] == [0, 2, 6]  # round 0, after the warm-up, after round 1
+
+
+def test_run_killed_during_warmup_reruns_it_from_the_initial_weights(tmp_path, smol_tokenizer, monkeypatch):
+    step = WarmupModule.training_step
+
+    def killed_after_one_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("killed")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(WarmupModule, "training_step", killed_after_one_step)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver, warmup=warmup_config(tmp_path)).fit()
+    run = tmp_path / "run"
+    assert json.loads((run / "evolver_state.json").read_text()) == {
+        "round": 1, "phase": 0, "step_offset": 0, "grpo_batches": 0, "warmup": "started"}
+    assert not (run / "checkpoints" / "warmup").exists()
+    monkeypatch.undo()
+
+    torch.manual_seed(0)
+    resumed = make_evolver(tmp_path, smol_tokenizer, rounds=1, warmup=warmup_config(tmp_path))
+    initial = [p.detach().clone() for p in resumed.policy.parameters()]
+    resumed._maybe_resume()  # nothing to load: the warm-up restarts from the initial weights
+    assert all(torch.equal(a, b.detach()) for a, b in zip(initial, resumed.policy.parameters(), strict=True))
+    state = resumed.fit()
+    # the killed attempt may have logged steps 0-1: the rerun's warm-up takes 2-3, round 1 steps 4-7
+    assert state == {"round": 2, "phase": 0, "step_offset": 8, "grpo_batches": 2, "checkpoint": "round_1",
+                     "warmup": "done"}
+    assert val_rounds(run) == ["0", "warmup", "1"]
+    tags = ordered_steps(run)
+    assert tags["warmup/loss"] == [0, 2, 3]  # the killed attempt's one step, then the rerun
+    for tag, steps in tags.items():
+        assert steps == sorted(set(steps)), (tag, steps)  # strictly increasing
+
+
+def test_resume_after_the_warmup_uses_its_checkpoint_for_policy_and_reference(tmp_path, smol_tokenizer):
+    class Crash(Evolver):
+        def _run_grpo(self):
+            raise RuntimeError("killed")
+
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Crash, warmup=warmup_config(tmp_path)).fit()
+    run = tmp_path / "run"
+    assert json.loads((run / "evolver_state.json").read_text()) == {
+        "round": 1, "phase": 0, "step_offset": 2, "grpo_batches": 0, "warmup": "done", "checkpoint": "warmup"}
+    warm = weights_of(run / "checkpoints" / "warmup")
+    resumed = make_evolver(tmp_path, smol_tokenizer, rounds=1, warmup=warmup_config(tmp_path))
+    assert not same_weights(resumed.policy.model, warm)  # a fresh policy holds the initial weights
+    resumed._maybe_resume()
+    assert same_weights(resumed.policy.model, warm) and same_weights(resumed.reference.model, warm)
+    assert resumed.fit()["checkpoint"] == "round_1"
+    assert val_rounds(run) == ["0", "warmup", "1"]
+    assert ordered_steps(run)["warmup/loss"] == [0, 1]  # not run again
+
+    later = make_evolver(tmp_path, smol_tokenizer, rounds=2, warmup=warmup_config(tmp_path))
+    later._maybe_resume()  # resuming at round 2: the policy is round 1's, the reference still the warm-up's
+    assert same_weights(later.policy.model, weights_of(run / "checkpoints" / "round_1"))
+    assert same_weights(later.reference.model, warm) and not same_weights(later.policy.model, warm)
