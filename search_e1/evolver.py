@@ -101,6 +101,16 @@ class OffsetTensorBoardLogger(TensorBoardLogger):
         super().log_metrics(metrics, (step or 0) + self.step_offset)
 
 
+class _AtFitStart(L.Callback):
+    """Calls ``fn`` at the start of ``fit``, once the Trainer's processes all run."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fn()
+
+
 class Evolver:
     """Runs Search-E1: ``rounds`` x (GRPO round, OFSD round) on one shared policy.
 
@@ -153,10 +163,8 @@ class Evolver:
         demonstrations = self._pending_warmup()  # read and checked before any training
         if self.grpo.kl_coef > 0 and self.reference is None:  # unsharded copy; a warm-up reloads it
             self.reference = self.policy.reference()
-        if self._fresh:
-            if self.config.eval_initial:
-                self._evaluate(round_=0)
-            self._write_state()  # the run has begun: a rerun resumes it (and keeps one round-0 row)
+        if self._fresh and self.config.eval_initial:  # the first phase writes the state: one round-0 row
+            self._evaluate(round_=0)
         if demonstrations is not None:
             self._run_warmup(demonstrations)
         while self.state["round"] <= self.config.rounds:
@@ -197,7 +205,6 @@ class Evolver:
             self.state["step_offset"] += c.steps
         self.state["warmup"] = "started"
         self.logger.step_offset = self.state["step_offset"]
-        self._write_state()
         log.info("warm-up: %d steps on %d demonstrations from %s", c.steps, len(demonstrations), c.demonstrations)
         L.seed_everything(self.config.seed, workers=True, verbose=False)
         self._trainer().fit(WarmupModule(self.policy, demonstrations, c))
@@ -213,6 +220,10 @@ class Evolver:
         self._write_state()
 
     def _trainer(self) -> L.Trainer:
+        """A fresh Trainer for one phase. It writes the state file when the phase starts, once every
+        process runs: a launcher that re-runs the script for the other ranks (FSDP on CPU) makes them
+        read the state this rank read, so a fresh run stays fresh and a rerun warm-up reserves the
+        same steps on every rank."""
         kwargs = dict(self.trainer_kwargs)
         strategy = kwargs.get("strategy", "auto")
         if strategy == "fsdp":
@@ -221,7 +232,7 @@ class Evolver:
             devices = kwargs.get("devices", 1)
             n = int(devices) if str(devices).isdigit() else "auto"
             kwargs["strategy"] = ModelParallelStrategy(data_parallel_size=n, tensor_parallel_size=1)
-        kwargs.update(logger=self.logger, max_epochs=1, enable_checkpointing=False, num_sanity_val_steps=0,
+        kwargs.update(logger=self.logger, callbacks=[_AtFitStart(self._write_state)], max_epochs=1, enable_checkpointing=False, num_sanity_val_steps=0,
                       limit_val_batches=0, use_distributed_sampler=False)
         kwargs.setdefault("log_every_n_steps", 1)
         if kwargs.get("default_root_dir") is None:

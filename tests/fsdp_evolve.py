@@ -1,8 +1,8 @@
 """Run by test_evolver.py in a subprocess: a 1-round evolution of a tiny model with FSDP2 on 2 CPU
 processes (gloo). Lightning's launcher re-runs this script for rank 1; both ranks then write their
-full (all-gathered) parameters to OUT/params_rank<r>.pt.
+full (all-gathered) parameters to OUT/params_rank<r>.pt. With ``warmup`` a 2-step warm-up runs first.
 
-    python tests/fsdp_evolve.py OUT
+    python tests/fsdp_evolve.py OUT [warmup]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def main(out: Path) -> None:
+def main(out: Path, warmup: bool = False) -> None:
     from conftest import make_tiny_policy
-    from scripted import EchoRetriever, scripted_factory, write_qa
+    from scripted import EchoRetriever, scripted_factory, write_demonstrations, write_qa
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoTokenizer
 
@@ -28,6 +28,7 @@ def main(out: Path) -> None:
     from search_e1.ofsd import OFSDConfig
     from search_e1.policy import embedded_model_dir
     from search_e1.rollout import RolloutConfig
+    from search_e1.warmup import WarmupConfig
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,6 +46,8 @@ def main(out: Path) -> None:
         trainer={"accelerator": "cpu", "devices": 2, "strategy": "fsdp", "enable_progress_bar": False,
                  "enable_model_summary": False},
         generator_factory=scripted_factory,
+        warmup=WarmupConfig(demonstrations=write_demonstrations(out / "demos.jsonl", 4, "t"), steps=2, lr=5e-3,
+                            batch_size=2, micro_batch_size=1) if warmup else None,
     )
     state = evolver.fit()
     full = get_model_state_dict(policy.model, options=StateDictOptions(full_state_dict=True))
@@ -54,4 +57,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), warmup=sys.argv[2:] == ["warmup"])

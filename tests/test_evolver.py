@@ -125,9 +125,10 @@ def test_grpo_requires_reference_when_kl_is_on(smol_tokenizer):
 
 
 @pytest.mark.slow
-def test_fsdp_evolution_on_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("warmup", [False, True], ids=["rounds", "warmup+rounds"])
+def test_fsdp_evolution_on_two_cpu_processes(tmp_path, warmup):
     """The same evolution with strategy fsdp (FSDP2, gloo, 2 processes): it finishes, the policy
-    changed, and both ranks hold equal parameters afterwards."""
+    changed, and both ranks hold equal parameters afterwards (also after a warm-up phase)."""
     import os
     import subprocess
     import sys
@@ -135,19 +136,20 @@ def test_fsdp_evolution_on_two_cpu_processes(tmp_path):
 
     script = Path(__file__).with_name("fsdp_evolve.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
-                          timeout=900, env=env)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)] + (["warmup"] if warmup else []),
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     r0, r1 = (torch.load(tmp_path / f"params_rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["state"] == r1["state"]
-    assert r0["state"] == {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}
+    expected = {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}
+    assert r0["state"] == (expected | {"warmup": "done", "step_offset": 6} if warmup else expected)
     assert r0["changed"] > 1e-4
     assert r0["params"].keys() == r1["params"].keys()
     for k in r0["params"]:
         assert torch.equal(r0["params"][k], r1["params"][k]), k
     assert (tmp_path / "run" / "checkpoints" / "round_1" / "model.safetensors").is_file()
-    rows = (tmp_path / "run" / "val_table.csv").read_text().splitlines()
-    assert len(rows) == 3  # header, round 0, round 1: written once (rank 0)
+    assert val_rounds(tmp_path / "run") == (["0", "warmup", "1"] if warmup else ["0", "1"])  # rank 0 only
+    assert (tmp_path / "run" / "checkpoints" / "warmup").is_dir() == warmup
 
 
 def test_run_killed_during_ofsd_resumes_without_redoing_grpo(tmp_path, smol_tokenizer):
