@@ -17,8 +17,9 @@ With ``warmup.demonstrations`` set (`search_e1.warmup`, off by default: a depart
 models) a supervised warm-up runs once before round 1 as its own phase: its own Trainer, its steps
 on the same axis, the policy saved to ``checkpoints/warmup``, a val row ``round = warmup``. A run
 killed during the warm-up reruns it from the initial weights (its steps logged after those of the
-killed attempt); a run killed later resumes from the checkpoints. The frozen KL reference of GRPO
-is the policy as it enters round 1: the warm-up's weights when one ran, else the initial ones.
+killed attempt); a run killed later resumes from the checkpoints. The state's ``warmup`` key says
+where it stands (absent: none ran; ``started``; ``done``). The frozen KL reference of GRPO is the
+policy as it enters round 1: the warm-up's weights when one ran, else the initial ones.
 
 With ``strategy: fsdp`` the Trainers use Lightning's ``ModelParallelStrategy`` (FSDP2, every
 process on the data-parallel axis); the shared policy is sharded once by the first module's
@@ -199,8 +200,7 @@ class Evolver:
 
     def _run_warmup(self, demonstrations: list[WarmupExample]) -> None:
         """The warm-up phase; afterwards the policy is in ``checkpoints/warmup`` and so is the reference."""
-        c = self.warmup
-        assert c is not None
+        c = self.warmup or WarmupConfig()
         if self.state.get("warmup") == "started":  # a killed attempt may have logged up to c.steps steps
             self.state["step_offset"] += c.steps
         self.state["warmup"] = "started"
@@ -232,8 +232,9 @@ class Evolver:
             devices = kwargs.get("devices", 1)
             n = int(devices) if str(devices).isdigit() else "auto"
             kwargs["strategy"] = ModelParallelStrategy(data_parallel_size=n, tensor_parallel_size=1)
-        kwargs.update(logger=self.logger, callbacks=[_AtFitStart(self._write_state)], max_epochs=1, enable_checkpointing=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, use_distributed_sampler=False)
+        kwargs.update(logger=self.logger, callbacks=[_AtFitStart(self._write_state)], max_epochs=1,
+                      enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      use_distributed_sampler=False)
         kwargs.setdefault("log_every_n_steps", 1)
         if kwargs.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(self.run_dir)
