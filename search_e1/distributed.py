@@ -84,11 +84,13 @@ def shard_policy(model: nn.Module, mesh: Any, bf16: bool = False) -> nn.Module:
     return model
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A full, CPU state dict of a possibly sharded model; complete on rank 0 (empty elsewhere)."""
+def full_state_dict(model: nn.Module, all_ranks: bool = False) -> dict[str, torch.Tensor]:
+    """A full state dict of a possibly sharded model: on CPU and complete on rank 0 only (empty
+    elsewhere), or, with ``all_ranks``, complete on every rank and on the model's device (what a
+    colocated rollout engine per rank needs)."""
     if not is_sharded(model):
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {k: v.detach() if all_ranks else v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
     return get_model_state_dict(model, options=options)

@@ -20,7 +20,7 @@ from search_e1.distributed import is_distributed, max_over_ranks, rank_world
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig, exact_match, f1_score
-from search_e1.rollout import GeneratorFactory, RolloutConfig, hf_generator, rollout
+from search_e1.rollout import GeneratorFactory, RolloutConfig, make_generator, rollout
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def evaluate_policy(
                 batch = mine[b * batch_size : (b + 1) * batch_size]
                 traj = rollout(policy, retriever, [e.question for e in batch],
                                [list(e.golden_answers) for e in batch], cfg, prompt, reward,
-                               generator=(generator_factory or hf_generator)(policy, cfg))
+                               generator=(generator_factory or make_generator)(policy, cfg))
                 for i, ex in enumerate(batch):
                     for key in (ex.data_source or "qa", "all"):
                         s = sums[key]

@@ -346,6 +346,7 @@ class Evolver:
             if self.state.get("warmup") == "done":
                 load_policy_weights(self.reference.model, self.run_dir / "checkpoints" / "warmup")
         load_policy_weights(self.policy.model, self.run_dir / "checkpoints" / self.state["checkpoint"])
+        self.policy.mark_weights_changed()
         log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
                  PHASES[self.state["phase"]], self.state["step_offset"])
 

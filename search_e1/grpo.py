@@ -105,7 +105,7 @@ class GRPOModule(RoundModule):
         prompt: prompt template and information format.
         reward: reward definition.
         reference: frozen reference policy for the KL term (required when ``kl_coef > 0``).
-        generator_factory: rollout backend (default: `search_e1.rollout.hf_generator`).
+        generator_factory: rollout backend (default: the one ``rollout_config.backend`` names).
     """
 
     def __init__(
@@ -142,11 +142,19 @@ class GRPOModule(RoundModule):
         if c.log_text_every and batch_idx % c.log_text_every == 0:
             self.log_trajectories("grpo/trajectories", traj, list(range(min(c.log_text_samples, len(traj)))))
 
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature rollouts sample at: ratios and the KL compare the policy's distribution
+        at that temperature, so the sampling log-probs are valid old log-probs (ratio 1 at the
+        first step), as in veRL."""
+        return self.rollout_config.temperature or 1.0
+
     def _logprobs(self, policy: Policy, traj: Trajectory) -> torch.Tensor:
         """Masked per-token log-probs of every row, in micro-batches.  # [N, L]"""
         out = torch.zeros_like(traj.logprobs)
         for idx in torch.arange(len(traj)).split(self.config.micro_batch_size):
             lp, _ = policy.token_logprobs(traj.input_ids[idx], traj.attention_mask[idx], traj.loss_mask[idx],
+                                          temperature=self.sampling_temperature,
                                           start=int(traj.prompt_lengths[idx].min()))
             out[idx] = lp
         return out
@@ -178,7 +186,8 @@ class GRPOModule(RoundModule):
         c = self.config
         mask = traj.loss_mask[micro]  # [b, L]
         lp, ent = self.policy.token_logprobs(traj.input_ids[micro], traj.attention_mask[micro], mask,
-                                             with_entropy=True, start=int(traj.prompt_lengths[micro].min()))
+                                             temperature=self.sampling_temperature, with_entropy=True,
+                                             start=int(traj.prompt_lengths[micro].min()))
         loss_mat, stats = get_policy_loss(c.policy_loss)(lp, old[micro], advantages[micro], mask,
                                                          c.clip_low, c.clip_high)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from search_e1.algos import (
@@ -193,6 +194,56 @@ def response_logits(policy: Policy, ids: torch.Tensor, attention: torch.Tensor, 
     return out.logits[:, :-1]
 
 
+def empty_reason(traj: Trajectory) -> str:
+    """Why a round found no distillation example: no correct trajectory, or no cheaper one."""
+    correct = traj.rewards >= 1.0  # [N]
+    if not bool(correct.any()):
+        return "no question had a correct trajectory"
+    solved = len({int(g) for g, c in zip(traj.group_ids.tolist(), correct.tolist(), strict=True) if c})
+    return (f"{solved} question(s) had a correct trajectory, but none was cheaper (fewer searches, then "
+            "fewer tokens) than a sibling")
+
+
+class _NoBatches(torch.utils.data.IterableDataset):
+    """The data of an empty round: iterates nothing and has no length, so Lightning runs no step
+    and does not warn about a zero-length DataLoader."""
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
+def response_hidden(policy: Policy, ids: torch.Tensor, attention: torch.Tensor, r: int) -> torch.Tensor:
+    """Final hidden states predicting the last ``r`` tokens of each (left-padded) row.  # [B, R, H]"""
+    return policy.hidden_states(ids, attention)[:, -r - 1 : -1]
+
+
+def chunked_distill(policy: Policy, batch: dict[str, torch.Tensor], loss: str, topk: int, temperature: float,
+                    chunk_size: int = 256) -> torch.Tensor:
+    """The registered distillation loss ``loss`` at every masked response position ``[B, R]``,
+    with no ``[B, R, V]`` tensor: teacher and student hidden states are projected onto the
+    vocabulary ``chunk_size`` positions at a time, each chunk under activation checkpointing (the
+    student's chunk logits are recomputed in backward). Equal to the whole-response computation."""
+    mask = batch["response_mask"]  # [B, R]
+    r = mask.shape[1]
+    with torch.no_grad():
+        teacher = response_hidden(policy, batch["teacher_ids"], batch["teacher_mask"], r)  # [B, R, H]
+    student = response_hidden(policy, batch["student_ids"], batch["student_mask"], r)  # [B, R, H]
+    b, t = (mask != 0).nonzero(as_tuple=True)  # [M], [M]
+    loss_fn = get_distill_loss(loss)
+
+    def chunk_loss(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = make_teacher_targets(policy.project(t_hidden)[None], topk=topk or None,
+                                           temperature=temperature)  # over [1, n, V]
+        return loss_fn(policy.project(s_hidden)[None], targets, None)[0]  # [n]
+
+    parts = [checkpoint(chunk_loss, student[b[c : c + chunk_size], t[c : c + chunk_size]],
+                        teacher[b[c : c + chunk_size], t[c : c + chunk_size]], use_reentrant=False)
+             for c in range(0, b.numel(), chunk_size)]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [B, R]
+    return out.index_put((b, t), torch.cat(parts).float()) if parts else out
+
+
 class OFSDModule(RoundModule):
     """Offline self-distillation on the shared policy.
 
@@ -206,7 +257,7 @@ class OFSDModule(RoundModule):
         prompt: prompt template and information format.
         reward: reward definition (correct = reward >= 1).
         out_dir: where the round's trajectory data set is written.
-        generator_factory: rollout backend (default: `search_e1.rollout.hf_generator`).
+        generator_factory: rollout backend (default: the one ``rollout_config.backend`` names).
     """
 
     def __init__(
@@ -265,7 +316,7 @@ class OFSDModule(RoundModule):
             self.logger.log_metrics(stats, step=0)
         log.info("OFSD round: %d trajectories, %d with a more efficient correct sibling%s", len(traj),
                  len(self.examples), f", teacher-student KL {stats['ofsd/kl_before']:.4f}" if self.examples
-                 else ": nothing to distil this round (no question had a correct trajectory)")
+                 else f": nothing to distil this round ({empty_reason(traj)})")
         rows = [i for i, j in enumerate(siblings.tolist()) if j >= 0][: self.config.log_text_samples]
         if rows:
             self.log_trajectories("ofsd/distilled_trajectories", traj, rows)
@@ -290,22 +341,26 @@ class OFSDModule(RoundModule):
         """``steps * batch_size`` examples for this rank: its slice of the examples, cycled."""
         rank, world = rank_world()
         pool = self.examples[rank::world] or self.examples
-        n = self.steps * self.config.batch_size if pool else 0
-        items = [pool[k % len(pool)] for k in range(n)]
+        if not pool:  # an empty round: no steps, and no zero-length-DataLoader warning from Lightning
+            return DataLoader(_NoBatches(), batch_size=None)
+        items = [pool[k % len(pool)] for k in range(self.steps * self.config.batch_size)]
         pad = self.policy.tokenizer.pad_token_id
         return DataLoader(items, batch_size=self.config.batch_size, shuffle=False,
                           collate_fn=lambda b: collate_examples(b, pad))
 
     # ---------------------------------------------------------------- training
     def _per_token_kl(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-student KL at every response position ``[B, R]`` (0 under mask 0), and the mask."""
         mask = batch["response_mask"]  # [B, R]
-        r = mask.shape[1]
-        with torch.no_grad():
-            teacher = response_logits(self.policy, batch["teacher_ids"], batch["teacher_mask"], r)  # [B, R, V]
-        student = response_logits(self.policy, batch["student_ids"], batch["student_mask"], r)  # [B, R, V]
         c = self.config
-        targets = make_teacher_targets(teacher, topk=c.topk or None, temperature=c.temperature)
-        return get_distill_loss(c.loss)(student, targets, mask), mask
+        if not self.policy.chunkable:  # FSDP-sharded or soft-capped head: whole-response logits
+            r = mask.shape[1]
+            with torch.no_grad():
+                teacher = response_logits(self.policy, batch["teacher_ids"], batch["teacher_mask"], r)  # [B, R, V]
+            student = response_logits(self.policy, batch["student_ids"], batch["student_mask"], r)  # [B, R, V]
+            targets = make_teacher_targets(teacher, topk=c.topk or None, temperature=c.temperature)
+            return get_distill_loss(c.loss)(student, targets, mask), mask
+        return chunked_distill(self.policy, batch, c.loss, c.topk, c.temperature), mask
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         c = self.config

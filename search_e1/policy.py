@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from search_e1.errors import UserInputError
 
@@ -184,6 +185,9 @@ class Policy(nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self.weights_version = 0
+        """Bumped by `mark_weights_changed` (every optimiser step, every loaded checkpoint): a rollout
+        engine holding its own copy of the weights (vLLM) re-syncs when it moved."""
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if require_chat_template and not getattr(tokenizer, "chat_template", None):
@@ -203,6 +207,10 @@ class Policy(nn.Module):
         model, tokenizer = _load_hf(p, cfg)
         return cls(model, tokenizer, require_chat_template=cfg.require_chat_template)
 
+    def mark_weights_changed(self) -> None:
+        """Record that the weights changed in place (call after an optimiser step or a load)."""
+        self.weights_version += 1
+
     @property
     def eos_token_ids(self) -> list[int]:
         """Token ids that end generation: the tokenizer's EOS plus the generation config's."""
@@ -221,9 +229,33 @@ class Policy(nn.Module):
             logits_to_keep=logits_to_keep,
         ).logits
 
+    # ---------------------------------------------------------------- lean (chunked) scoring
+    @property
+    def chunkable(self) -> bool:
+        """True when logits are exactly ``final_hidden @ lm_head.weight.T`` and the model is not
+        FSDP-sharded, so they can be computed a few positions at a time (`project`)."""
+        from search_e1.distributed import is_sharded
+
+        cfg = getattr(self.model, "config", None)
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        return (head is not None and getattr(head, "bias", None) is None and not is_sharded(self.model)
+                and getattr(cfg, "final_logit_softcapping", None) is None
+                and getattr(cfg, "logit_scale", None) in (None, 1.0))
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final (normed) hidden states ``[B, T, H]``: the decoder without the vocabulary head."""
+        return self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+        ).last_hidden_state
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Logits of hidden states: ``[..., H] -> [..., V]`` through the output embeddings."""
+        return self.model.get_output_embeddings()(hidden)
+
     def token_logprobs(
         self, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None,
-        temperature: float = 1.0, with_entropy: bool = False, start: int = 1,
+        temperature: float = 1.0, with_entropy: bool = False, start: int = 1, chunk_size: int = 256,
     ) -> tuple[Tensor, Tensor | None]:
         """Per-token log-probs (and entropies) of ``input_ids`` under the model.
 
@@ -232,13 +264,39 @@ class Policy(nn.Module):
         distribution at the same positions (or None). Only columns ``t >= start`` are scored
         (earlier ones are 0): pass the shortest prompt length of the batch to skip the vocabulary
         projection of prompt positions, which no loss uses (a large saving: prompts are long).
+
+        Memory: when `chunkable`, no ``[B, T, V]`` tensor exists. The decoder gives hidden states;
+        only positions with ``loss_mask`` 1 (all scored ones without a mask) are projected onto the
+        vocabulary, ``chunk_size`` at a time, each chunk under activation checkpointing, so autograd
+        keeps hidden states and recomputes a chunk's logits in backward. Otherwise (FSDP-sharded
+        model, soft-capped logits) the forward returns the logits of the scored columns at once.
         """
         start = max(1, min(start, input_ids.shape[1]))
-        logits = self.forward(input_ids, attention_mask, logits_to_keep=input_ids.shape[1] - start + 1)
-        lp, ent = logprobs_from_logits(logits[:, :-1], input_ids[:, start:], temperature, with_entropy)
-        pad = lp.new_zeros(lp.shape[0], start)  # [B, start]
-        logprobs = torch.cat([pad, lp], dim=1)  # [B, T]
-        entropy = torch.cat([pad, ent], dim=1) if ent is not None else None
+        if not self.chunkable:
+            logits = self.forward(input_ids, attention_mask, logits_to_keep=input_ids.shape[1] - start + 1)
+            lp, ent = logprobs_from_logits(logits[:, :-1], input_ids[:, start:], temperature, with_entropy)
+            pad = lp.new_zeros(lp.shape[0], start)  # [B, start]
+            logprobs = torch.cat([pad, lp], dim=1)  # [B, T]
+            entropy = torch.cat([pad, ent], dim=1) if ent is not None else None
+            if loss_mask is not None:
+                logprobs = logprobs * loss_mask
+                entropy = entropy * loss_mask if entropy is not None else None
+            return logprobs, entropy
+        hidden = self.hidden_states(input_ids, attention_mask)  # [B, T, H]
+        keep = torch.zeros_like(input_ids, dtype=torch.bool)  # [B, T]
+        keep[:, start:] = True
+        if loss_mask is not None:
+            keep &= loss_mask != 0
+        b, t = keep.nonzero(as_tuple=True)  # [M], [M]: scored positions
+        lps, ents = [], []
+        for c in range(0, b.numel(), chunk_size):
+            bc, tc = b[c : c + chunk_size], t[c : c + chunk_size]  # [n]
+            lp, ent = checkpoint(_score_chunk, self, hidden[bc, tc - 1], input_ids[bc, tc], temperature,
+                                 with_entropy, use_reentrant=False)
+            lps.append(lp)
+            ents.append(ent)
+        logprobs = _scatter(lps, b, t, input_ids.shape, hidden)  # [B, T]
+        entropy = _scatter(ents, b, t, input_ids.shape, hidden) if with_entropy else None
         if loss_mask is not None:
             logprobs = logprobs * loss_mask
             entropy = entropy * loss_mask if entropy is not None else None
@@ -250,6 +308,21 @@ class Policy(nn.Module):
         ref.eval()
         ref.requires_grad_(False)
         return ref
+
+
+def _score_chunk(policy: Policy, hidden: Tensor, targets: Tensor, temperature: float,
+                 with_entropy: bool) -> tuple[Tensor, Tensor]:
+    """Log-probs ``[n]`` and entropies ``[n]`` (zeros unless asked) of ``n`` positions' hidden states."""
+    lp, ent = logprobs_from_logits(policy.project(hidden), targets, temperature, with_entropy)  # [n, V] -> [n]
+    return lp, ent if ent is not None else torch.zeros_like(lp)
+
+
+def _scatter(chunks: list[Tensor], b: Tensor, t: Tensor, shape: torch.Size, like: Tensor) -> Tensor:
+    """Place per-position values (concatenated ``chunks``) at ``(b, t)`` of a zero ``[B, T]`` tensor."""
+    out = torch.zeros(shape, dtype=torch.float32, device=like.device)  # [B, T]
+    if chunks:
+        out = out.index_put((b, t), torch.cat(chunks).float())
+    return out
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig
-from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory, hf_generator, rollout
+from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory, make_generator, rollout
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RoundModule(L.LightningModule):
         generator_factory: GeneratorFactory | None = None,
     ) -> None:
         super().__init__()
-        self.generator_factory = generator_factory or hf_generator
+        self.generator_factory = generator_factory or make_generator
         self.automatic_optimization = False
         self.policy = policy
         self.reference = reference
@@ -72,6 +72,7 @@ class RoundModule(L.LightningModule):
             norm = norm.full_tensor()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        self.policy.mark_weights_changed()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import make_tiny_policy
-from scripted import EchoRetriever, scripted_factory, write_demonstrations, write_qa
+from scripted import EchoRetriever, ScriptedTurns, scripted_factory, write_demonstrations, write_qa
 
 from search_e1 import Evolver, RetrievalDataModule
 from search_e1.evolver import EvolverConfig
@@ -311,3 +311,31 @@ def test_resume_after_the_warmup_uses_its_checkpoint_for_policy_and_reference(tm
     later._maybe_resume()  # resuming at round 2: the policy is round 1's, the reference still the warm-up's
     assert same_weights(later.policy.model, weights_of(run / "checkpoints" / "round_1"))
     assert same_weights(later.reference.model, warm) and not same_weights(later.policy.model, warm)
+
+
+def test_empty_ofsd_round_says_why_and_raises_no_lightning_warning(tmp_path, smol_tokenizer, caplog):
+    """No correct trajectory: OFSD logs the reason, takes no step, and Lightning does not warn
+    about a zero-length DataLoader."""
+    import logging
+    import warnings
+
+    import lightning as L
+
+    from search_e1.ofsd import OFSDModule
+
+    wrong = ("<answer> Bexley </answer>",)
+    policy = make_tiny_policy(smol_tokenizer)
+    module = OFSDModule(policy, EchoRetriever(), [("Where is item a?", ["Talmor"])] * 2, steps=2,
+                        config=OFSDConfig(group_size=3, num_questions=2, batch_size=2),
+                        rollout_config=RolloutConfig(max_turns=2, max_new_tokens=12, topk=1),
+                        generator_factory=lambda p, c: ScriptedTurns(p, c, texts=wrong))
+    before = [p.detach().clone() for p in policy.parameters()]
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="search_e1.ofsd"):
+        warnings.simplefilter("always")
+        trainer.fit(module)
+    assert not [w for w in caught if "zero" in str(w.message).lower()]
+    assert "nothing to distil this round (no question had a correct trajectory)" in caplog.text
+    assert trainer.global_step == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))

