@@ -23,6 +23,7 @@ from ``num_questions`` training questions.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +87,14 @@ class OFSDConfig:
     temperature: float = 1.0
     """Softmax temperature of teacher and student in the loss."""
     sibling_selector: str = "most_efficient"
-    """How the sibling shown to the teacher is chosen."""
+    """Sibling shown to the teacher: most_efficient (correct, strictly cheaper) or correct_then_cheaper (wrong rows: any correct)."""
     show_documents: bool = False
     """Show the sibling's retrieved documents in the privileged block (default: elided)."""
     privileged_template: str = PRIVILEGED_TEMPLATE
     """Text appended to the teacher's last user message; {sibling} is replaced by the sibling."""
+    max_epochs: float = 1.0
+    """Passes over the round's examples at most: with few examples the round takes fewer than
+    `steps` optimiser steps rather than repeating the same examples many times."""
     kl_eval_examples: int = 16
     """Examples on which the teacher-student KL is measured before and after the round."""
     log_text_samples: int = 2
@@ -100,6 +104,8 @@ class OFSDConfig:
         for name in ("group_size", "num_questions", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"OFSDConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_epochs <= 0:
+            raise ValueError(f"OFSDConfig.max_epochs must be > 0, got {self.max_epochs}")
         if "{sibling}" not in self.privileged_template:
             raise ValueError("OFSDConfig.privileged_template must contain '{sibling}'")
         if (self.loss == "forward_kl_topk") != (self.topk > 0):
@@ -280,6 +286,7 @@ class OFSDModule(RoundModule):
 
     # ---------------------------------------------------------------- the offline data set
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         traj = self._rollout_round()
         correct = traj.rewards >= 1.0  # [N]
         siblings = get_sibling_selector(self.config.sibling_selector)(
@@ -338,12 +345,14 @@ class OFSDModule(RoundModule):
         return float(total / tokens.clamp(min=1.0))
 
     def train_dataloader(self) -> DataLoader:
-        """``steps * batch_size`` examples for this rank: its slice of the examples, cycled."""
+        """``steps * batch_size`` examples for this rank (its slice of the examples, cycled), at most
+        ``max_epochs`` passes over the slice: the last batch may be smaller, and fewer batches run."""
         rank, world = rank_world()
         pool = self.examples[rank::world] or self.examples
         if not pool:  # an empty round: no steps, and no zero-length-DataLoader warning from Lightning
             return DataLoader(_NoBatches(), batch_size=None)
-        items = [pool[k % len(pool)] for k in range(self.steps * self.config.batch_size)]
+        n = min(self.steps * self.config.batch_size, max(1, math.ceil(self.config.max_epochs * len(pool))))
+        items = [pool[k % len(pool)] for k in range(n)]
         pad = self.policy.tokenizer.pad_token_id
         return DataLoader(items, batch_size=self.config.batch_size, shuffle=False,
                           collate_fn=lambda b: collate_examples(b, pad))

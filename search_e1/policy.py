@@ -62,6 +62,8 @@ class PolicyConfig:
     """Fail at load time when the tokenizer has no chat template (prompts are rendered with it)."""
     trust_remote_code: bool = False
     """Allow model code shipped inside the model directory (transformers' trust_remote_code)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward (less memory, about a third more compute)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -205,6 +207,8 @@ class Policy(nn.Module):
     def from_config(cls, cfg: PolicyConfig) -> Policy:
         p = resolve_model_path(cfg.path)
         model, tokenizer = _load_hf(p, cfg)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return cls(model, tokenizer, require_chat_template=cfg.require_chat_template)
 
     def mark_weights_changed(self) -> None:

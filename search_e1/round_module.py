@@ -47,6 +47,11 @@ class RoundModule(L.LightningModule):
         self.rollout_config, self.prompt_config, self.reward_config = rollout_config, prompt, reward
 
     # ---------------------------------------------------------------- model and optimiser
+    def on_fit_start(self) -> None:
+        """Train mode for the policy (loaded models start in eval mode, and Lightning keeps module
+        modes): gradient checkpointing and dropout follow it; rollouts switch to eval themselves."""
+        self.policy.train()
+
     def configure_model(self) -> None:
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None:

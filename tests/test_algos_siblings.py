@@ -88,3 +88,18 @@ def test_registry():
         get_sibling_selector("cheapest_ever")
     with pytest.raises(ValueError, match="already registered"):
         register_sibling_selector("most_efficient")(select_siblings)
+
+
+def test_correct_then_cheaper_gives_wrong_rows_the_cheapest_correct_sibling():
+    from search_e1.algos import get_sibling_selector
+
+    fn = get_sibling_selector("correct_then_cheaper")
+    # group 0: the docstring example; group 1: no correct member; group 2: a wrong row cheaper than
+    # the correct one still learns from it, the correct one has no cheaper correct sibling
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    correct = torch.tensor([1, 0, 1, 0, 0, 0, 1])
+    searches = torch.tensor([1, 1, 1, 0, 2, 0, 2])
+    tokens = torch.tensor([20, 20, 25, 5, 9, 4, 30])
+    assert fn(groups, correct, searches, tokens).tolist() == [-1, 0, 0, -1, -1, 6, -1]
+    strict = get_sibling_selector("most_efficient")(groups, correct, searches, tokens)
+    assert strict.tolist() == [-1, -1, 0, -1, -1, -1, -1]

@@ -339,3 +339,16 @@ def test_empty_ofsd_round_says_why_and_raises_no_lightning_warning(tmp_path, smo
     assert "nothing to distil this round (no question had a correct trajectory)" in caplog.text
     assert trainer.global_step == 0
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_ofsd_round_makes_at_most_max_epochs_passes(smol_tokenizer):
+    """3 examples, 4 steps of 2: one pass (batches of 2 and 1), not 8 repeats of 3 examples;
+    max_epochs 2 gives 6 examples in 3 batches."""
+    from search_e1.ofsd import DistillExample, OFSDModule
+
+    examples = [DistillExample([1, 2, 3], [4, 1, 2, 3], [1.0]) for _ in range(3)]
+    for epochs, sizes in ((1.0, [2, 1]), (2.0, [2, 2, 2])):
+        module = OFSDModule(make_tiny_policy(smol_tokenizer), None, [], steps=4,
+                            config=OFSDConfig(batch_size=2, micro_batch_size=1, max_epochs=epochs))
+        module.examples = examples
+        assert [b["response_mask"].shape[0] for b in module.train_dataloader()] == sizes

@@ -108,3 +108,29 @@ get_sibling_selector = SIBLING_SELECTORS.get
 
 
 register_sibling_selector("most_efficient")(select_siblings)
+
+
+@register_sibling_selector("correct_then_cheaper")
+def select_siblings_correct_first(
+    group_ids: Tensor, correct: Tensor, num_searches: Tensor, num_tokens: Tensor
+) -> Tensor:
+    """Like ``most_efficient`` with correctness ranked before cost: an incorrect trajectory gets
+    the cheapest correct sibling even when that sibling is not cheaper (a wrong answer achieved
+    nothing with its searches); a correct one still needs a strictly cheaper correct sibling.
+
+    Example (one group): ``correct = [1, 0, 1]``, ``(searches, tokens) = (1, 20), (1, 20), (1, 25)``:
+    ``most_efficient`` gives ``[-1, -1, 0]``; this gives ``[-1, 0, 0]`` (row 1 is wrong at equal cost).
+    """
+    strict = select_siblings(group_ids, correct, num_searches, num_tokens)  # [N]
+    # the cheapest correct member of each row's group: a wrong row's sibling whatever its cost
+    n = group_ids.numel()
+    if n == 0:
+        return strict
+    _, rank = lexicographic_rank(num_searches, num_tokens)  # [N]
+    order = torch.argsort(rank)  # [N] rank -> index
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N]
+    cand = torch.where(correct.bool(), rank, torch.full_like(rank, n))  # [N]
+    best = torch.full((int(inv.max()) + 1,), n, dtype=torch.long, device=rank.device)
+    best = best.scatter_reduce(0, inv, cand, reduce="amin", include_self=True)[inv]  # [N]
+    cheapest_correct = torch.where(best < n, order[best.clamp(max=n - 1)], torch.full_like(best, -1))  # [N]
+    return torch.where(~correct.bool() & (cheapest_correct >= 0), cheapest_correct, strict)  # [N]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,10 @@ class VLLMEngine:
         from search_e1.distributed import rank_world
 
         c = self.config
-        if c.quiet:
+        if c.quiet:  # vLLM's start-up INFO/WARNING lines (Triton, LD_PRELOAD hints) are not actionable here
             os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+            logging.getLogger("vllm").setLevel(logging.ERROR)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weight sync by reference
         threads = c.threads or available_cores()
         os.environ["OMP_NUM_THREADS"] = str(threads)
