@@ -29,6 +29,7 @@ process on the data-parallel axis); the shared policy is sharded once by the fir
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import logging
 import os
@@ -208,6 +209,7 @@ class Evolver:
         log.info("warm-up: %d steps on %d demonstrations from %s", c.steps, len(demonstrations), c.demonstrations)
         L.seed_everything(self.config.seed, workers=True, verbose=False)
         self._trainer().fit(WarmupModule(self.policy, demonstrations, c))
+        gc.collect()
         self.state["step_offset"] += c.steps
         self.logger.step_offset = self.state["step_offset"]
         path = self.run_dir / "checkpoints" / "warmup"
@@ -263,6 +265,7 @@ class Evolver:
 
     def _advance(self, steps: int) -> None:
         """Bookkeeping after a phase: offset, checkpoint, evaluation, state file."""
+        gc.collect()  # the phase's Trainer, module and optimiser state (reference cycles) go now, not later
         self.state["step_offset"] += steps
         self.logger.step_offset = self.state["step_offset"]
         end_of_round = self.state["phase"] == len(PHASES) - 1

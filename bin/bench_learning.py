@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""Learning benchmark (issue 8): does Search-E1 (GRPO + OFSD) beat GRPO alone from one warm-up?
+
+1. One shared warm-up checkpoint: ``search-e1 fit`` on the quickstart config with no GRPO/OFSD
+   steps (``checkpoints/warmup`` of ``OUT/warmup``).
+2. For each arm and seed, ``search-e1 fit`` from that checkpoint (no second warm-up), same rounds:
+
+   * ``grpo``: each round ``grpo_steps + k`` GRPO steps, no OFSD;
+   * ``search-e1``: each round ``grpo_steps`` GRPO steps, then an OFSD round of ``k`` optimiser
+     steps on ``ofsd.num_questions`` questions x G fresh trajectories.
+
+   With ``k = ofsd.num_questions / data.batch_size`` both arms sample the same number of
+   trajectories (GRPO: batch x G per step; OFSD: num_questions x G per round) and take the same
+   number of optimiser steps per round (one per GRPO step, ``k`` per OFSD round). The arms differ
+   only in what the extra ``k`` steps learn from: more GRPO batches, or self-distillation.
+3. Each run's val table gives EM and searches per question after every round against the
+   trajectories sampled so far; the last checkpoint is evaluated greedily on val and test, split
+   by hop count (single-hop, two-hop, all), with searches per correct answer and generated tokens
+   per answer. Mean and standard deviation over seeds per arm go to ``OUT/results.json``, a rich
+   table, and ``OUT/learning.png`` (EM and searches against trajectories sampled).
+
+Every run is a child process of the real CLI (``search-e1 fit``), so the benchmark measures what
+users run. Run::
+
+    python bin/bench_learning.py                      # 2 arms x 3 seeds, ~1.5 h on 2 cores
+    python bin/bench_learning.py --seeds 0 --rounds 1 # smoke run
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench_learning")
+ARMS = ("grpo", "search-e1")
+
+
+def fit(config: str, run_dir: Path, overrides: list[str]) -> float:
+    """``search-e1 fit`` in a child process; returns its wall time (a failed run raises)."""
+    cmd = [sys.executable, "-m", "search_e1.cli", "fit", "--config", config, "--evolver.run_dir", str(run_dir),
+           *overrides]
+    log.info("%s", " ".join(cmd[2:]))
+    t0 = time.perf_counter()
+    with (run_dir.parent / f"{run_dir.name}.log").open("w") as out:
+        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+    return time.perf_counter() - t0
+
+
+def arm_overrides(arm: str, args: argparse.Namespace, k: int) -> list[str]:
+    if arm == "grpo":
+        return ["--evolver.grpo_steps", str(args.grpo_steps + k), "--evolver.ofsd_steps", "0"]
+    return ["--evolver.grpo_steps", str(args.grpo_steps), "--evolver.ofsd_steps", str(k)]
+
+
+def val_curve(run_dir: Path, arm: str, args: argparse.Namespace, k: int, batch: int, group: int,
+              ofsd_questions: int) -> list[dict[str, float]]:
+    """EM and searches per question after each round against the trajectories sampled so far."""
+    per_round = (args.grpo_steps + k) * batch * group if arm == "grpo" else \
+        args.grpo_steps * batch * group + ofsd_questions * group
+    rows = list(csv.DictReader((run_dir / "val_table.csv").open()))
+    curve = []
+    for row in rows:  # round 0 = the shared warm-up checkpoint, before any trajectory
+        r = row["round"]
+        n = 0 if r == "warmup" else int(r) * per_round
+        curve.append({"trajectories": n, "em": float(row["em"]), "searches": float(row["searches"])})
+    return curve
+
+
+def evaluate_split(policy: Any, init: Any, split: str) -> dict[str, dict[str, float]]:
+    """Greedy evaluation of one split by hop count: EM, searches per correct answer, tokens per answer."""
+    from dataclasses import replace
+
+    from search_e1.rewards import exact_match
+    from search_e1.rollout import rollout
+
+    examples = init.data.examples(split)
+    cfg = replace(init.rollout, group_size=1, temperature=0.0)
+    traj = rollout(policy, init.data.retriever, [e.question for e in examples],
+                   [list(e.golden_answers) for e in examples], cfg, init.prompt, init.reward)
+    groups: dict[str, list[int]] = {"single-hop": [], "two-hop": [], "all": []}
+    for i, e in enumerate(examples):
+        groups["single-hop" if e.metadata.get("hops", 1) == 1 else "two-hop"].append(i)
+        groups["all"].append(i)
+    out = {}
+    for name, idx in groups.items():
+        em = [exact_match(traj.answers[i], examples[i].golden_answers) for i in idx]
+        correct = [i for i, v in zip(idx, em, strict=True) if v]
+        out[name] = {
+            "n": len(idx), "em": sum(em) / max(len(idx), 1),
+            "searches_per_correct": sum(int(traj.num_searches[i]) for i in correct) / max(len(correct), 1),
+            "tokens_per_answer": sum(int(traj.response_lengths[i]) for i in idx) / max(len(idx), 1),
+        }
+    return out
+
+
+def evaluate_runs(config: str, runs: list[dict[str, Any]]) -> None:
+    """Evaluate every run's checkpoint on val and test, in this process (one policy object,
+    weights loaded per checkpoint, so one vLLM engine that re-syncs)."""
+    from search_e1 import Policy
+    from search_e1.cli import fit_parser
+    from search_e1.evolver import load_policy_weights
+
+    parser = fit_parser()
+    init = parser.instantiate(parser.parse_args(["--config", config]))
+    init.data.setup("fit")
+    init.data.setup("test")
+    policy = Policy.from_config(init.policy).eval()
+    for run in runs:
+        load_policy_weights(policy.model, Path(run["ckpt"]))
+        policy.mark_weights_changed()
+        run["eval"] = {split: evaluate_split(policy, init, split) for split in ("val", "test")}
+        log.info("%s seed %s: val EM %.3f test EM %.3f", run["arm"], run["seed"], run["eval"]["val"]["all"]["em"],
+                 run["eval"]["test"]["all"]["em"])
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of every figure, per arm."""
+    out: dict[str, Any] = {}
+    for arm in sorted({r["arm"] for r in runs}):
+        rs = [r for r in runs if r["arm"] == arm]
+        figures: dict[str, list[float]] = {}
+        for r in rs:
+            for split, by_hop in r["eval"].items():
+                for hop, vals in by_hop.items():
+                    for key, v in vals.items():
+                        if key != "n":
+                            figures.setdefault(f"{split}/{hop}/{key}", []).append(v)
+            if "wall_s" in r:
+                figures.setdefault("wall_s", []).append(r["wall_s"])
+        out[arm] = {k: {"mean": statistics.fmean(v), "std": statistics.pstdev(v) if len(v) > 1 else 0.0,
+                        "n": len(v)} for k, v in figures.items()}
+    return out
+
+
+def table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="learning: GRPO only vs Search-E1 (mean ± std over seeds)")
+    t.add_column("figure")
+    arms = list(summary)
+    for arm in arms:
+        t.add_column(arm, justify="right")
+    keys = [f"{s}/{h}/em" for s in ("val", "test") for h in ("single-hop", "two-hop", "all")]
+    keys += ["val/all/searches_per_correct", "test/all/searches_per_correct", "val/all/tokens_per_answer",
+             "test/all/tokens_per_answer", "wall_s"]
+    for key in keys:
+        cells = []
+        for arm in arms:
+            f = summary[arm].get(key)
+            cells.append("-" if f is None else f"{f['mean']:.3f} ± {f['std']:.3f}" if key != "wall_s"
+                         else f"{f['mean']:.0f} ± {f['std']:.0f}")
+        t.add_row(key, *cells)
+    Console().print(t)
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = {"grpo": "tab:blue", "search-e1": "tab:red"}
+    for r in runs:
+        if "curve" not in r:
+            continue
+        xs = [p["trajectories"] for p in r["curve"]]
+        for ax, key in zip(axes, ("em", "searches"), strict=True):
+            ax.plot(xs, [p[key] for p in r["curve"]], "o-", color=colors.get(r["arm"], "gray"), alpha=0.6,
+                    label=f"{r['arm']} seed {r['seed']}")
+    axes[0].set_ylabel("val EM (greedy)")
+    axes[1].set_ylabel("searches per question")
+    for ax in axes:
+        ax.set_xlabel("trajectories sampled after the warm-up")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps per round of the search-e1 arm")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "learning"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from search_e1.cli import fit_parser
+
+    parser = fit_parser()
+    cfg = parser.parse_args(["--config", args.config])
+    batch, group, ofsd_q = cfg.data.batch_size, cfg.grpo.group_size, cfg.ofsd.num_questions
+    if cfg.ofsd.group_size != group or ofsd_q % batch:
+        raise SystemExit("equal budgets need ofsd.group_size == grpo.group_size and ofsd.num_questions a "
+                         "multiple of data.batch_size")
+    k = ofsd_q // batch
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    warm_dir = out / "warmup"
+    if not (warm_dir / "checkpoints" / "warmup" / "config.json").is_file():
+        fit(args.config, warm_dir, ["--evolver.rounds", "1", "--evolver.grpo_steps", "0", "--evolver.ofsd_steps", "0",
+                                    "--evolver.eval_initial", "false"])
+    warm_ckpt = warm_dir / "checkpoints" / "warmup"
+    runs: list[dict[str, Any]] = [{"arm": "warm-up", "seed": 0, "ckpt": str(warm_ckpt)}]
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for arm in args.arms.split(","):
+            run_dir = out / f"{arm}_seed{seed}"
+            common = ["--policy.path", str(warm_ckpt), "--warmup.demonstrations", "null", "--evolver.seed", str(seed),
+                      "--data.seed", str(seed), "--evolver.rounds", str(args.rounds), "--evolver.eval_initial", "true"]
+            wall = None
+            if not (run_dir / "evolver_state.json").is_file() or \
+                    json.loads((run_dir / "evolver_state.json").read_text()).get("round", 0) <= args.rounds:
+                wall = fit(args.config, run_dir, common + arm_overrides(arm, args, k))
+                (run_dir / "wall_s.txt").write_text(f"{wall:.1f}")
+            wall = float((run_dir / "wall_s.txt").read_text())
+            state = json.loads((run_dir / "evolver_state.json").read_text())
+            runs.append({"arm": arm, "seed": seed, "wall_s": wall, "ckpt": str(run_dir / "checkpoints" / state["checkpoint"]),
+                         "curve": val_curve(run_dir, arm, args, k, batch, group, ofsd_q)})
+    evaluate_runs(args.config, runs)
+    summary = summarise(runs)
+    result = {"budget": {"rounds": args.rounds, "grpo_steps": args.grpo_steps, "k": k, "batch": batch, "group": group,
+                         "trajectories_per_arm": args.rounds * (args.grpo_steps + k) * batch * group,
+                         "optimizer_steps_per_arm": args.rounds * (args.grpo_steps + k)},
+              "runs": runs, "summary": summary}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table(summary)
+    plot(runs, out / "learning.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
