@@ -22,7 +22,7 @@ quiet machine: the two children run in sequence, so a load change between them b
 
 Run::
 
-    python bin/bench_rollout.py                       # ~10 min on 2 cores; writes bench/rollout/
+    python bin/bench_rollout.py --policy runs/quickstart/checkpoints/warmup   # ~12 min on 2 cores
     python bin/bench_rollout.py --questions 8 --group-size 2 --max-turns 2   # smoke run
 """
 
@@ -114,7 +114,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     rcfg = replace(init.rollout, group_size=args.group_size, max_turns=args.max_turns,
                    max_new_tokens=args.max_new_tokens, temperature=1.0, backend=args.backend,
                    vllm=replace(init.rollout.vllm, threads=args.threads))
-    policy = Policy.from_config(init.policy).eval()
+    policy = Policy.from_config(replace(init.policy, path=args.policy) if args.policy else init.policy).eval()
     init.data.setup("fit")
     retriever, train = init.data.retriever, init.data.examples("train")
     qs = train[: args.questions]
@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--max-turns", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--grpo-questions", type=int, default=8)
+    ap.add_argument("--grpo-questions", type=int, default=4, help="questions of the GRPO step (the quickstart's batch)")
+    ap.add_argument("--policy", default="", help="policy checkpoint (default: the config's); the quickstart's "
+                    "runs/quickstart/checkpoints/warmup follows the protocol, so rollouts really take 3 turns")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--backends", default="hf,vllm")
     ap.add_argument("--out", default=str(ROOT / "bench" / "rollout"))
@@ -228,13 +230,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         child_json = out / f"{backend}.json"
         cmd = [sys.executable, __file__, "--backend", backend, "--child-json", str(child_json)] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k in ("config", "questions", "group_size", "max_turns", "max_new_tokens", "grpo_questions", "threads")]
+            if k in ("config", "questions", "group_size", "max_turns", "max_new_tokens", "grpo_questions", "threads",
+                     "policy")]
         log.info("running %s", backend)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         results.append(json.loads(child_json.read_text()))
     summary = {"machine": {"cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform()},
                "workload": {k: getattr(args, k) for k in ("questions", "group_size", "max_turns", "max_new_tokens",
-                                                          "grpo_questions", "threads")},
+                                                          "grpo_questions", "threads", "policy")},
                "results": results}
     if len(results) == 2:
         summary["speedup_trajectories_per_s"] = results[1]["trajectories_per_s"] / results[0]["trajectories_per_s"]

@@ -33,6 +33,7 @@ import logging
 import os
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from search_e1.rollout.generation import TurnOutput, cut_turn
 
 log = logging.getLogger(__name__)
 
-_ENGINES: dict[int, VLLMEngine] = {}
+_ENGINES: weakref.WeakKeyDictionary[Any, VLLMEngine] = weakref.WeakKeyDictionary()
+"""One engine per live policy object; an engine goes with its policy."""
 
 
 @dataclass
@@ -215,11 +217,11 @@ class VLLMTurnGenerator:
 
 def get_engine(policy: Any, config: VLLMConfig, max_model_len: int) -> VLLMEngine:
     """The process's engine for ``policy``, built on first use (one engine per policy object)."""
-    engine = _ENGINES.get(id(policy))
+    engine = _ENGINES.get(policy)
     if engine is None or engine.max_model_len < max_model_len:
         if engine is not None:
             shutdown_engines()
-        engine = _ENGINES[id(policy)] = VLLMEngine(policy, config, max_model_len)
+        engine = _ENGINES[policy] = VLLMEngine(policy, config, max_model_len)
     return engine
 
 
