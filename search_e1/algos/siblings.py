@@ -81,22 +81,25 @@ def select_siblings(
     ):
         if x.shape != group_ids.shape or x.dim() != 1:
             raise ValueError(f"{name} {tuple(x.shape)} must match group_ids [N] = {(n,)}")
-    none = torch.full((n,), -1, dtype=torch.long, device=group_ids.device)  # [N]
+    j = cheapest_correct(group_ids, correct, num_searches, num_tokens)  # [N]
+    jc = j.clamp(min=0)  # [N] (meaningless where j < 0)
+    s_i, t_i, s_j, t_j = num_searches, num_tokens, num_searches[jc], num_tokens[jc]  # [N] each
+    cheaper = (s_j < s_i) | ((s_j == s_i) & (t_j < t_i))  # [N]
+    return torch.where((j >= 0) & cheaper, j, torch.full_like(j, -1))  # [N]
+
+
+def cheapest_correct(group_ids: Tensor, correct: Tensor, num_searches: Tensor, num_tokens: Tensor) -> Tensor:
+    """``[N]`` long: the cheapest correct member of each row's group in the order ``(s, t, index)``,
+    or -1 when the group has none."""
+    n = group_ids.numel()
     if n == 0:
-        return none
+        return torch.full((0,), -1, dtype=torch.long, device=group_ids.device)
     order, rank = lexicographic_rank(num_searches, num_tokens)  # [N], [N]
     _, inv = torch.unique(group_ids, return_inverse=True)  # [N] in [0, G)
-    num_groups = int(inv.max().item()) + 1
-    # cheapest correct rank per group; n = "no correct member"
-    cand_rank = torch.where(correct.bool(), rank, torch.full_like(rank, n))  # [N]
-    best = torch.full((num_groups,), n, dtype=torch.long, device=rank.device)  # [G]
-    best = best.scatter_reduce(0, inv, cand_rank, reduce="amin", include_self=True)  # [G]
-    best_rank = best[inv]  # [N]
-    has_best = best_rank < n  # [N]
-    j = order[best_rank.clamp(max=n - 1)]  # [N] (meaningless where ~has_best)
-    s_i, t_i, s_j, t_j = num_searches, num_tokens, num_searches[j], num_tokens[j]  # [N] each
-    cheaper = (s_j < s_i) | ((s_j == s_i) & (t_j < t_i))  # [N]
-    return torch.where(has_best & cheaper, j, none)  # [N]
+    cand_rank = torch.where(correct.bool(), rank, torch.full_like(rank, n))  # [N]; n = not correct
+    best = torch.full((int(inv.max().item()) + 1,), n, dtype=torch.long, device=rank.device)  # [G]
+    best_rank = best.scatter_reduce(0, inv, cand_rank, reduce="amin", include_self=True)[inv]  # [N]
+    return torch.where(best_rank < n, order[best_rank.clamp(max=n - 1)], torch.full_like(best_rank, -1))  # [N]
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -122,15 +125,5 @@ def select_siblings_correct_first(
     ``most_efficient`` gives ``[-1, -1, 0]``; this gives ``[-1, 0, 0]`` (row 1 is wrong at equal cost).
     """
     strict = select_siblings(group_ids, correct, num_searches, num_tokens)  # [N]
-    # the cheapest correct member of each row's group: a wrong row's sibling whatever its cost
-    n = group_ids.numel()
-    if n == 0:
-        return strict
-    _, rank = lexicographic_rank(num_searches, num_tokens)  # [N]
-    order = torch.argsort(rank)  # [N] rank -> index
-    _, inv = torch.unique(group_ids, return_inverse=True)  # [N]
-    cand = torch.where(correct.bool(), rank, torch.full_like(rank, n))  # [N]
-    best = torch.full((int(inv.max()) + 1,), n, dtype=torch.long, device=rank.device)
-    best = best.scatter_reduce(0, inv, cand, reduce="amin", include_self=True)[inv]  # [N]
-    cheapest_correct = torch.where(best < n, order[best.clamp(max=n - 1)], torch.full_like(best, -1))  # [N]
-    return torch.where(~correct.bool() & (cheapest_correct >= 0), cheapest_correct, strict)  # [N]
+    best = cheapest_correct(group_ids, correct, num_searches, num_tokens)  # [N]
+    return torch.where(~correct.bool() & (best >= 0), best, strict)  # [N]

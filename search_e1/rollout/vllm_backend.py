@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 import weakref
@@ -110,7 +111,7 @@ class VLLMEngine:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
         kwargs: dict[str, Any] = {
-            "dtype": str(policy_dtype(policy)).removeprefix("torch."), "enable_prefix_caching": True,
+            "dtype": str(next(policy.model.parameters()).dtype).removeprefix("torch."), "enable_prefix_caching": True,
             "logprobs_mode": "processed_logprobs", "seed": c.seed, "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": int(c.kv_cache_gb * 2**30),
             "enforce_eager": not torch.cuda.is_available() if c.enforce_eager is None else c.enforce_eager,
@@ -137,7 +138,7 @@ class VLLMEngine:
         finally:
             torch.set_num_threads = set_num_threads
             if not fresh:
-                _remove_tree(source)
+                shutil.rmtree(source, ignore_errors=True)
         self.synced_version = getattr(policy, "weights_version", 0)  # built from the current weights
         return llm
 
@@ -239,10 +240,6 @@ def vllm_generator(policy: Any, cfg: Any) -> VLLMTurnGenerator:
     return VLLMTurnGenerator(engine, policy, cfg.temperature, cfg.top_k, cfg.top_p)
 
 
-def policy_dtype(policy: Any) -> torch.dtype:
-    return next(policy.model.parameters()).dtype
-
-
 def model_source(policy: Any) -> tuple[Path, bool]:
     """A directory vLLM can load the policy's architecture and tokenizer from: ``(dir, fresh)``.
 
@@ -261,9 +258,3 @@ def model_source(policy: Any) -> tuple[Path, bool]:
     policy.model.save_pretrained(tmp, state_dict=state)
     policy.tokenizer.save_pretrained(tmp)
     return tmp, False
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
