@@ -29,6 +29,7 @@ A per-request sampling seed crashes on CPU, so the engine is seeded once (``VLLM
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -46,8 +47,9 @@ from search_e1.rollout.generation import TurnOutput, cut_turn
 
 log = logging.getLogger(__name__)
 
-_ENGINES: weakref.WeakKeyDictionary[Any, VLLMEngine] = weakref.WeakKeyDictionary()
-"""One engine per live policy object; an engine goes with its policy."""
+_ENGINE: tuple[weakref.ref, VLLMEngine] | None = None
+"""The process's one engine and the policy it serves. vLLM's parallel state is process-global, so
+two engines cannot live side by side: a new one is built only after the old one is shut down."""
 
 
 @dataclass
@@ -139,8 +141,25 @@ class VLLMEngine:
             torch.set_num_threads = set_num_threads
             if not fresh:
                 shutil.rmtree(source, ignore_errors=True)
+        gc.unfreeze()  # the engine core freezes the whole heap at start: the training process's too
         self.synced_version = getattr(policy, "weights_version", 0)  # built from the current weights
         return llm
+
+    def shutdown(self) -> None:
+        """Stop the engine now and release its KV cache and vLLM's process-global parallel state."""
+        from search_e1.distributed import rank_world
+
+        core = self.llm.llm_engine.engine_core
+        if rank_world()[1] > 1:  # vLLM's teardown destroys the default process group: it is ours
+            destroy, torch.distributed.destroy_process_group = torch.distributed.destroy_process_group, \
+                lambda *a, **k: None
+            try:
+                core.shutdown()
+            finally:
+                torch.distributed.destroy_process_group = destroy
+        else:
+            core.shutdown()
+        del self.llm
 
     # ---------------------------------------------------------------- weights
     def sync(self, policy: Any) -> bool:
@@ -217,21 +236,29 @@ class VLLMTurnGenerator:
 
 
 def get_engine(policy: Any, config: VLLMConfig, max_model_len: int) -> VLLMEngine:
-    """The process's engine for ``policy``, built on first use (one engine per policy object)."""
-    engine = _ENGINES.get(policy)
-    if engine is None or engine.max_model_len < max_model_len:
-        if engine is not None:
-            shutdown_engines()
-        engine = _ENGINES[policy] = VLLMEngine(policy, config, max_model_len)
+    """The process's engine for ``policy``, built on first use.
+
+    A process holds one engine: asking for another policy (or a longer context) shuts the current
+    engine down first, then builds the new one.
+    """
+    global _ENGINE
+    if _ENGINE is not None:
+        ref, engine = _ENGINE
+        if ref() is policy and engine.max_model_len >= max_model_len:
+            return engine
+        shutdown_engines()
+    engine = VLLMEngine(policy, config, max_model_len)
+    _ENGINE = (weakref.ref(policy), engine)
     return engine
 
 
 def shutdown_engines() -> None:
-    """Drop every engine of this process (frees its KV cache)."""
-    import gc
-
-    _ENGINES.clear()
-    gc.collect()
+    """Shut the process's engine down, if any (frees its KV cache)."""
+    global _ENGINE
+    if _ENGINE is not None:
+        engine, _ENGINE = _ENGINE[1], None
+        engine.shutdown()
+        gc.collect()
 
 
 def vllm_generator(policy: Any, cfg: Any) -> VLLMTurnGenerator:
