@@ -29,7 +29,6 @@ process on the data-parallel axis); the shared policy is sharded once by the fir
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from search_e1.data import RetrievalDataModule
 from search_e1.distributed import full_state_dict, is_distributed
 from search_e1.errors import UserInputError
 from search_e1.evaluate import evaluate_policy
+from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
 from search_e1.grpo import GRPOConfig, GRPOModule
 from search_e1.ofsd import OFSDConfig, OFSDModule
 from search_e1.policy import Policy
@@ -85,10 +85,14 @@ class EvolverConfig:
     """Keep a policy checkpoint per round in checkpoints/round_<r> (else only checkpoints/last)."""
     seed: int = 0
     """Base seed; each phase is seeded with seed + 10 * round + phase."""
+    malloc_mmap_threshold_mb: int = 0
+    """glibc: allocations of at least this many MiB are unmapped when freed (less RSS, slower CPU steps); 0 = glibc's default."""
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1:
-            raise ValueError("EvolverConfig: rounds >= 1, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1")
+        if self.rounds < 1 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1 \
+                or self.malloc_mmap_threshold_mb < 0:
+            raise ValueError("EvolverConfig: rounds >= 1, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1, "
+                             "malloc_mmap_threshold_mb >= 0 are required")
 
 
 class OffsetTensorBoardLogger(TensorBoardLogger):
@@ -155,6 +159,8 @@ class Evolver:
     # ---------------------------------------------------------------- public
     def fit(self) -> dict[str, Any]:
         """Run (or resume) every round; returns the final state."""
+        if set_mmap_threshold(self.config.malloc_mmap_threshold_mb):
+            log.info("allocations of %d MiB and more are unmapped when freed", self.config.malloc_mmap_threshold_mb)
         self.datamodule.setup("fit")
         self._maybe_resume()
         if self.state["round"] > self.config.rounds:
@@ -209,9 +215,9 @@ class Evolver:
         log.info("warm-up: %d steps on %d demonstrations from %s", c.steps, len(demonstrations), c.demonstrations)
         L.seed_everything(self.config.seed, workers=True, verbose=False)
         self._trainer().fit(WarmupModule(self.policy, demonstrations, c))
-        gc.collect()
         self.state["step_offset"] += c.steps
         self.logger.step_offset = self.state["step_offset"]
+        self._release_memory("warm-up")
         path = self.run_dir / "checkpoints" / "warmup"
         self.save_policy(path)
         self.state["checkpoint"] = "warmup"
@@ -249,6 +255,7 @@ class Evolver:
             module = GRPOModule(self.policy, self.datamodule.retriever, self.grpo, self.rollout, self.prompt,
                                 self.reward, reference=self.reference, generator_factory=self.generator_factory)
             self._trainer().fit(module, datamodule=self.datamodule)
+            self.datamodule.trainer = None  # else it keeps the phase's Trainer, module and AdamW state alive
         self.state["grpo_batches"] += steps
         return steps
 
@@ -265,9 +272,9 @@ class Evolver:
 
     def _advance(self, steps: int) -> None:
         """Bookkeeping after a phase: offset, checkpoint, evaluation, state file."""
-        gc.collect()  # the phase's Trainer, module and optimiser state (reference cycles) go now, not later
         self.state["step_offset"] += steps
         self.logger.step_offset = self.state["step_offset"]
+        self._release_memory(PHASES[self.state["phase"]])
         end_of_round = self.state["phase"] == len(PHASES) - 1
         r = self.state["round"]
         keep_round = end_of_round and self.config.save_round_checkpoints
@@ -282,6 +289,13 @@ class Evolver:
         else:
             self.state["phase"] += 1
         self._write_state()
+
+    def _release_memory(self, phase: str) -> None:
+        """Free the finished phase's Trainer, module and optimiser state now, and log the RSS."""
+        release_memory()  # reference cycles go now, not later; free heap pages go back to the OS
+        rss, peak = rss_gb(), peak_rss_gb()
+        log.info("%s done: RSS %.2f GB (peak so far %.2f GB)", phase, rss, peak)
+        self.logger.log_metrics({"memory/rss_gb": rss, "memory/peak_rss_gb": peak}, step=0)
 
     @property
     def global_zero(self) -> bool:

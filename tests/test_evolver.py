@@ -352,3 +352,18 @@ def test_ofsd_round_makes_at_most_max_epochs_passes(smol_tokenizer):
                             config=OFSDConfig(batch_size=2, micro_batch_size=1, max_epochs=epochs))
         module.examples = examples
         assert [b["response_mask"].shape[0] for b in module.train_dataloader()] == sizes
+
+
+def test_finished_phases_leave_no_trainer_module_or_optimiser_alive(tmp_path, smol_tokenizer):
+    """A phase's Trainer, LightningModule and AdamW moments (2x the weights) are freed when it ends:
+    nothing the Evolver or its data module keeps refers to them."""
+    import gc
+
+    import lightning as L
+
+    evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver)
+    evolver.fit()
+    gc.collect()
+    alive = [type(o).__name__ for o in gc.get_objects()
+             if isinstance(o, torch.optim.Optimizer | L.LightningModule | L.Trainer)]
+    assert alive == []

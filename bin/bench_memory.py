@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Training-memory benchmark (issue 7): peak RSS of CPU training steps under glibc allocator settings.
+
+Workload: the embedded SmolLM2-135M policy with gradient checkpointing, bf16 autocast and the
+project's optimiser (`RoundModule.make_optimizer`: AdamW), ``--phases`` phases of ``--steps``
+optimiser steps each on a ``--batch`` x ``--length`` batch whose last ``--scored`` positions carry
+loss mask 1 (chunked log-probs, `Policy.token_logprobs`), a new optimiser per phase as the
+Evolver does. Each setting runs in its own child process (the allocator settings are
+process-wide; each child has its own peak), one after another:
+
+* ``default``: glibc as it comes;
+* ``trim``: `search_e1.memory.release_memory` after each phase (what the Evolver always does);
+* ``mmap<N>`` : ``evolver.malloc_mmap_threshold_mb: N`` plus the release after each phase.
+
+Reported per setting: peak RSS, RSS after the last release, seconds per optimiser step, and the
+live tensors (weights + gradients + AdamW moments) for reference.
+
+Run::
+
+    python bin/bench_memory.py                      # ~10 min on 2 cores
+    python bin/bench_memory.py --steps 1 --phases 2 --length 200 --settings default mmap4   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
+
+    setting = args.child
+    if setting.startswith("mmap"):
+        assert set_mmap_threshold(int(setting[4:])), "mallopt failed (not glibc?)"
+    from search_e1.policy import Policy
+    from search_e1.round_module import RoundModule
+
+    policy = Policy.from_pretrained("embedded")
+    policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    live = sum(p.numel() * p.element_size() for p in params) * 4 / 1e9  # weights, grads, two moments
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, policy.model.config.vocab_size, (args.batch, args.length), generator=g)
+    attn = torch.ones_like(ids)
+    mask = torch.zeros_like(ids)
+    mask[:, -args.scored:] = 1
+    module = RoundModule.__new__(RoundModule)  # only its optimiser factory is used
+    torch.nn.Module.__init__(module)
+    module.policy = policy
+    step_times = []
+    for _ in range(args.phases):
+        opt = module.make_optimizer(1e-6, 0.0, 0)["optimizer"]
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                lp, _ = policy.token_logprobs(ids, attn, mask, start=args.length - args.scored)
+            (-(lp.sum() / mask.sum())).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step_times.append(time.perf_counter() - t0)
+            del lp
+        del opt
+        if setting != "default":
+            release_memory()
+    return {"setting": setting, "peak_rss_gb": round(peak_rss_gb(), 3), "final_rss_gb": round(rss_gb(), 3),
+            "s_per_step": round(sum(step_times) / len(step_times), 2), "live_tensors_gb": round(live, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settings", nargs="+", default=["default", "trim", "mmap16", "mmap4", "mmap1"])
+    ap.add_argument("--phases", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--length", type=int, default=600)
+    ap.add_argument("--scored", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", default="runs/bench_memory.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    rows = []
+    for setting in args.settings:
+        cmd = [sys.executable, __file__, "--child", setting] + [
+            f"--{k}={getattr(args, k)}" for k in ("phases", "steps", "batch", "length", "scored", "threads")]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f"setting {setting} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{rows[-1]['setting']:>8}  peak {rows[-1]['peak_rss_gb']:.2f} GB  after release "
+              f"{rows[-1]['final_rss_gb']:.2f} GB  {rows[-1]['s_per_step']:.1f} s/step", flush=True)
+    print(f"\n| setting | peak RSS GB | RSS after release GB | s/step |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['peak_rss_gb']:.2f} | {r['final_rss_gb']:.2f} | {r['s_per_step']:.1f} |")
+    print(f"live tensors (weights + grads + AdamW moments): {rows[0]['live_tensors_gb']:.2f} GB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": platform.platform(), "cores": os.cpu_count(),
+                                          "args": {k: v for k, v in vars(args).items() if k != "child"},
+                                          "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

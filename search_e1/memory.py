@@ -1,0 +1,71 @@
+"""Process memory on CPU: the glibc allocator's settings, handing freed memory back, RSS readings.
+
+Training on CPU frees and re-allocates activations and gradients of every size at every step.
+glibc's allocator serves allocations under its (adaptive, up to 32 MiB) mmap threshold from heaps
+it rarely gives back, so freed activations stay resident: on the 135M policy, six optimiser steps
+peaked at 4.9 GB RSS with the default allocator and at 3.3 GB with a fixed 4 MiB threshold, where
+the live tensors (weights, gradients, AdamW moments) are 2.2 GB (bin/bench_memory.py). These helpers
+are no-ops where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import resource
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter numbers of glibc's malloc.h
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - absent outside glibc (musl)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def set_mmap_threshold(mib: int) -> bool:
+    """Serve allocations of at least ``mib`` MiB with their own pages, unmapped when freed.
+
+    A fixed threshold also switches off glibc's adaptive one. ``mib`` <= 0 leaves the allocator as
+    it is. Returns whether the setting took effect.
+    """
+    libc = _glibc()
+    if mib <= 0 or libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mib) << 20))
+
+
+def release_memory() -> None:
+    """Collect garbage (reference cycles of a finished phase) and return free heap pages to the OS."""
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def rss_gb() -> float:
+    """Resident set size of this process now, in GB (0.0 where /proc is absent)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process so far, in GB."""
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
