@@ -104,7 +104,7 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{rows[-1]['setting']:>8}  peak {rows[-1]['peak_rss_gb']:.2f} GB  after release "
               f"{rows[-1]['final_rss_gb']:.2f} GB  {rows[-1]['s_per_step']:.1f} s/step", flush=True)
-    print(f"\n| setting | peak RSS GB | RSS after release GB | s/step |\n|---|---|---|---|")
+    print("\n| setting | peak RSS GB | RSS after release GB | s/step |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['peak_rss_gb']:.2f} | {r['final_rss_gb']:.2f} | {r['s_per_step']:.1f} |")
     print(f"live tensors (weights + grads + AdamW moments): {rows[0]['live_tensors_gb']:.2f} GB")

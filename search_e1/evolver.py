@@ -46,8 +46,8 @@ from search_e1.data import RetrievalDataModule
 from search_e1.distributed import full_state_dict, is_distributed
 from search_e1.errors import UserInputError
 from search_e1.evaluate import evaluate_policy
-from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
 from search_e1.grpo import GRPOConfig, GRPOModule
+from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
 from search_e1.ofsd import OFSDConfig, OFSDModule
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
