@@ -7,9 +7,9 @@
 
    * ``grpo``: each round ``grpo_steps + k`` GRPO steps, no OFSD;
    * ``search-e1``: each round ``grpo_steps`` GRPO steps, then an OFSD round of ``k`` optimiser
-     steps on ``ofsd.num_questions`` questions x G fresh trajectories.
+     steps on ``--ofsd-questions`` questions x G fresh trajectories (G = ``grpo.group_size``).
 
-   With ``k = ofsd.num_questions / data.batch_size`` both arms sample the same number of
+   With ``k = ofsd_questions / data.batch_size`` both arms sample the same number of
    trajectories (GRPO: batch x G per step; OFSD: num_questions x G per round) and take the same
    number of optimiser steps per round (one per GRPO step, ``k`` per OFSD round). The arms differ
    only in what the extra ``k`` steps learn from: more GRPO batches, or self-distillation.
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps per round of the search-e1 arm")
+    ap.add_argument("--ofsd-questions", type=int, default=16,
+                    help="questions per OFSD round, sampled with the GRPO group size (equal budgets)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "learning"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -211,10 +213,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = fit_parser()
     cfg = parser.parse_args(["--config", args.config])
-    batch, group, ofsd_q = cfg.data.batch_size, cfg.grpo.group_size, cfg.ofsd.num_questions
-    if cfg.ofsd.group_size != group or ofsd_q % batch:
-        raise SystemExit("equal budgets need ofsd.group_size == grpo.group_size and ofsd.num_questions a "
-                         "multiple of data.batch_size")
+    batch, group, ofsd_q = cfg.data.batch_size, cfg.grpo.group_size, args.ofsd_questions
+    if ofsd_q % batch:
+        raise SystemExit("equal budgets need --ofsd-questions a multiple of data.batch_size")
     k = ofsd_q // batch
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for arm in args.arms.split(","):
             run_dir = out / f"{arm}_seed{seed}"
             common = ["--policy.path", str(warm_ckpt), "--warmup.demonstrations", "null", "--evolver.seed", str(seed),
-                      "--data.seed", str(seed), "--evolver.rounds", str(args.rounds), "--evolver.eval_initial", "true"]
+                      "--data.seed", str(seed), "--evolver.rounds", str(args.rounds), "--evolver.eval_initial", "true",
+                      "--ofsd.group_size", str(group), "--ofsd.num_questions", str(ofsd_q)]
             wall = None
             if not (run_dir / "evolver_state.json").is_file() or \
                     json.loads((run_dir / "evolver_state.json").read_text()).get("round", 0) <= args.rounds:

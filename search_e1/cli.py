@@ -281,6 +281,17 @@ def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
     Console().print(table)
 
 
+def quiet_console() -> None:
+    """Keep what a user can do nothing about off the console: transformers' weight-loading bars
+    (a 135M model loads in under a second) and a deprecation inside Lightning's own code."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``search-e1`` console script (exit status 0, or 2 on bad input)."""
     from jsonargparse import set_parsing_settings
@@ -292,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print through their own handler
         logging.getLogger(name).propagate = False
+    quiet_console()
     parser, subs = root_parser()
     cfg = parser.parse_args(argv)
     name = cfg.subcommand

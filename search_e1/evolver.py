@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,7 +255,9 @@ class Evolver:
             self.datamodule.schedule_round(self.state["grpo_batches"], steps)
             module = GRPOModule(self.policy, self.datamodule.retriever, self.grpo, self.rollout, self.prompt,
                                 self.reward, reference=self.reference, generator_factory=self.generator_factory)
-            self._trainer().fit(module, datamodule=self.datamodule)
+            with warnings.catch_warnings():  # val batches are the Evolver's to evaluate, not Lightning's
+                warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no")
+                self._trainer().fit(module, datamodule=self.datamodule)
             self.datamodule.trainer = None  # else it keeps the phase's Trainer, module and AdamW state alive
         self.state["grpo_batches"] += steps
         return steps

@@ -55,7 +55,9 @@ def test_configs_merge_in_order_and_dotted_flags_win(capsys, tmp_path):
     cfg = yaml.safe_load(_print_config(capsys, ["fit", "--config", quick, "--config", str(extra),
                                                  "--grpo.group_size", "6"]))
     assert cfg["grpo"]["group_size"] == 6 and cfg["evolver"]["rounds"] == 7
-    assert cfg["ofsd"]["group_size"] == 4  # untouched values of the first file stay
+    first = yaml.safe_load(open(quick))
+    assert cfg["ofsd"]["group_size"] == first["ofsd"]["group_size"]  # untouched values of the first file stay
+    assert cfg["ofsd"]["num_questions"] == first["ofsd"]["num_questions"]
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -355,13 +355,13 @@ def test_ofsd_round_makes_at_most_max_epochs_passes(smol_tokenizer):
 
 
 def test_finished_phases_leave_no_trainer_module_or_optimiser_alive(tmp_path, smol_tokenizer):
-    """A phase's Trainer, LightningModule and AdamW moments (2x the weights) are freed when it ends:
-    nothing the Evolver or its data module keeps refers to them."""
+    """The Trainer, LightningModule and AdamW moments (2x the weights) of each phase (warm-up, GRPO,
+    OFSD) are freed when it ends: nothing the Evolver or its data module keeps refers to them."""
     import gc
 
     import lightning as L
 
-    evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver)
+    evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver, warmup=warmup_config(tmp_path))
     evolver.fit()
     gc.collect()
     alive = [type(o).__name__ for o in gc.get_objects()

