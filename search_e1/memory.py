@@ -3,7 +3,7 @@
 Training on CPU frees and re-allocates activations and gradients of every size at every step.
 glibc's allocator serves allocations under its (adaptive, up to 32 MiB) mmap threshold from heaps
 it rarely gives back, so freed activations stay resident: on the 135M policy, six optimiser steps
-peaked at 4.9 GB RSS with the default allocator and at 3.3 GB with a fixed 4 MiB threshold, where
+peaked at 4.8 GB RSS with the default allocator and at 3.4 GB with a fixed 4 MiB threshold, where
 the live tensors (weights, gradients, AdamW moments) are 2.2 GB (bin/bench_memory.py). These helpers
 are no-ops where the C library is not glibc.
 """
@@ -13,11 +13,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import logging
 import resource
 import sys
-
-log = logging.getLogger(__name__)
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter numbers of glibc's malloc.h
 
