@@ -62,11 +62,7 @@ class RoundModule(L.LightningModule):
             shard_policy(self.reference.model, mesh["data_parallel"], bf16=bf16)
 
     def make_optimizer(self, lr: float, weight_decay: float, warmup_steps: int) -> Any:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        warm = max(0, warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return make_optimizer(self.policy, lr, weight_decay, warmup_steps)
 
     def optimizer_step_clipped(self, max_grad_norm: float) -> float:
         """Clip, step the optimiser and the scheduler; returns the pre-clip gradient norm."""
@@ -127,3 +123,13 @@ class RoundModule(L.LightningModule):
                 f"**searches:** {int(traj.num_searches[i])}\n\n```\n{text}\n```"
             )
         experiment.add_text(tag, "\n\n---\n\n".join(parts), global_step=self.log_step)
+
+
+def make_optimizer(policy: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int) -> dict[str, Any]:
+    """AdamW over the trainable parameters with a linear learning-rate warmup, as Lightning's
+    ``configure_optimizers`` returns it."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(0, warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
