@@ -19,7 +19,10 @@ fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy``.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,7 +219,37 @@ def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
     return init, _trainer_kwargs(cfg.trainer)
 
 
+class RunStopped(Exception):
+    """SIGTERM or SIGINT reached a ``fit`` run; raised wherever the run stands (the step is abandoned)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into `RunStopped` (a second signal acts as usual: the handlers are restored
+    before raising). Lightning calls this handler after its own SIGTERM notice."""
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
+
+    def stop(signum: int, _frame: Any) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise RunStopped(signum)
+
+    for sig in sigs:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
+    """Build the run from the config and fit it (`fit_stoppable`)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     from search_e1.evolver import Evolver
@@ -228,9 +261,22 @@ def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():  # saved once; a resumed run keeps the original
             (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
-    evolver = Evolver(Policy.from_config(init.policy), init.data, init.grpo, init.ofsd, init.rollout,
-                      init.prompt, init.reward, init.evolver, trainer_kwargs, warmup=init.warmup)
-    return evolver.fit()
+    return fit_stoppable(lambda: Evolver(Policy.from_config(init.policy), init.data, init.grpo, init.ofsd,
+                                         init.rollout, init.prompt, init.reward, init.evolver, trainer_kwargs,
+                                         warmup=init.warmup), run_dir)
+
+
+def fit_stoppable(make_evolver: Callable[[], Any], run_dir: Path) -> dict[str, Any]:
+    """``make_evolver().fit()``; on SIGTERM/SIGINT: the step is abandoned, the run directory keeps its
+    last finished phase (the Evolver's state is always resumable), one error line says so, and the
+    process exits with status 128 + the signal number (143 / 130)."""
+    try:
+        with stop_on_signals():
+            return make_evolver().fit()
+    except RunStopped as err:
+        log.error("stopped by %s: %s keeps its last finished phase; run the same command to resume it", err,
+                  run_dir)
+        raise SystemExit(128 + err.signum) from None
 
 
 def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
@@ -293,7 +339,7 @@ def quiet_console() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``search-e1`` console script (exit status 0, or 2 on bad input)."""
+    """Entry point of ``search-e1``: exit status 0; 2 on bad input; 128 + N when signal N stopped a fit."""
     from jsonargparse import set_parsing_settings
 
     from search_e1.errors import UserInputError

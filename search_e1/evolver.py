@@ -8,10 +8,15 @@ fits); the TensorBoard logger is one `OffsetTensorBoardLogger` whose step offset
 each phase's steps, so every scalar lives on one increasing axis. After each phase the policy is
 saved (Hugging Face format): at the end of a round to ``<run_dir>/checkpoints/round_<r>``, after
 a GRPO phase to ``checkpoints/last`` (removed once the round's checkpoint exists), so the run keeps
-one checkpoint per round plus at most one more; ``evolver_state.json`` records the completed
-phase, the latest checkpoint and the step
-offset, so a killed run restarted with the same config continues with the next phase. After each
-round the val split is evaluated (greedy) and a row is appended to ``val_table.csv``.
+one checkpoint per round (``save_round_checkpoints``) plus at most one more. After each round the val split is evaluated
+(greedy) and a row is appended to ``val_table.csv``.
+
+Resume: ``evolver_state.json`` (replaced atomically) records the next phase, the latest checkpoint,
+the step offset, ``started`` while a phase runs and ``pending_eval`` while a val row is owed. It is
+written after the checkpoint it names exists and before an older one is removed, so a run killed
+at any instant (SIGKILL included) and restarted with the same config continues: a killed phase is
+rerun from the last checkpoint and logs after the steps its killed attempt may have logged (every
+TensorBoard tag's steps strictly increase), and an owed val row is written once.
 
 With ``warmup.demonstrations`` set (`search_e1.warmup`, off by default: a departure for small
 models) a supervised warm-up runs once before round 1 as its own phase: its own Trainer, its steps
@@ -83,7 +88,7 @@ class EvolverConfig:
     resume: bool = True
     """Continue a run found in run_dir (its evolver_state.json) instead of starting over."""
     save_round_checkpoints: bool = True
-    """Keep a policy checkpoint per round in checkpoints/round_<r> (else only checkpoints/last)."""
+    """Keep every round's policy checkpoint checkpoints/round_<r> (else only the latest round's)."""
     seed: int = 0
     """Base seed; each phase is seeded with seed + 10 * round + phase."""
     malloc_mmap_threshold_mb: int = 0
@@ -164,6 +169,7 @@ class Evolver:
             log.info("allocations of %d MiB and more are unmapped when freed", self.config.malloc_mmap_threshold_mb)
         self.datamodule.setup("fit")
         self._maybe_resume()
+        self._evaluate_pending()  # a run killed during an evaluation writes that row first
         if self.state["round"] > self.config.rounds:
             log.warning("%s already holds a finished run (%d rounds): nothing to do; raise evolver.rounds to "
                         "continue it, or use a new evolver.run_dir / evolver.resume false", self.run_dir,
@@ -172,8 +178,10 @@ class Evolver:
         demonstrations = self._pending_warmup()  # read and checked before any training
         if self.grpo.kl_coef > 0 and self.reference is None:  # unsharded copy; a warm-up reloads it
             self.reference = self.policy.reference()
-        if self._fresh and self.config.eval_initial:  # the first phase writes the state: one round-0 row
-            self._evaluate(round_=0)
+        if self._fresh and self.config.eval_initial:  # recorded first: a killed start leaves one round-0 row
+            self.state["pending_eval"] = 0
+            self._write_state()
+            self._evaluate_pending()
         if demonstrations is not None:
             self._run_warmup(demonstrations)
         while self.state["round"] <= self.config.rounds:
@@ -221,12 +229,11 @@ class Evolver:
         self._release_memory("warm-up")
         path = self.run_dir / "checkpoints" / "warmup"
         self.save_policy(path)
-        self.state["checkpoint"] = "warmup"
+        self.state.update(checkpoint="warmup", warmup="done", pending_eval="warmup")
+        self._write_state()
         if self.reference is not None:
             load_policy_weights(self.reference.model, path)
-        self._evaluate(round_="warmup")
-        self.state["warmup"] = "done"
-        self._write_state()
+        self._evaluate_pending()
 
     def _trainer(self) -> L.Trainer:
         """A fresh Trainer for one phase. It writes the state file when the phase starts, once every
@@ -249,9 +256,20 @@ class Evolver:
             kwargs["default_root_dir"] = str(self.run_dir)
         return L.Trainer(**kwargs)
 
+    def _begin_phase(self, steps: int) -> None:
+        """Reserve the phase's steps on the axis. A rerun of a phase that was killed after it started
+        (the state says ``started``) logs after the steps the killed attempt may have logged."""
+        if self.state.pop("started", False):
+            log.info("rerunning the %s phase of round %d from its start (it was stopped)",
+                     PHASES[self.state["phase"]], self.state["round"])
+            self.state["step_offset"] += steps
+        self.state["started"] = True  # written when the phase's Trainer starts
+        self.logger.step_offset = self.state["step_offset"]
+
     def _run_grpo(self) -> int:
         steps = self.config.grpo_steps
         if steps:
+            self._begin_phase(steps)
             self.datamodule.schedule_round(self.state["grpo_batches"], steps)
             module = GRPOModule(self.policy, self.datamodule.retriever, self.grpo, self.rollout, self.prompt,
                                 self.reward, reference=self.reference, generator_factory=self.generator_factory)
@@ -265,6 +283,7 @@ class Evolver:
     def _run_ofsd(self) -> int:
         steps, r = self.config.ofsd_steps, self.state["round"]
         if steps:
+            self._begin_phase(steps)
             sample = self.datamodule.sample_train(self.ofsd.num_questions, seed=self.config.seed + 1000 + r)
             module = OFSDModule(self.policy, self.datamodule.retriever,
                                 [(e.question, list(e.golden_answers)) for e in sample], steps, self.ofsd,
@@ -274,24 +293,27 @@ class Evolver:
         return steps
 
     def _advance(self, steps: int) -> None:
-        """Bookkeeping after a phase: offset, checkpoint, evaluation, state file."""
+        """Bookkeeping after a phase: offset, checkpoint, state file, evaluation. At every instant the
+        state file on disk names a checkpoint that exists, so a kill anywhere resumes."""
         self.state["step_offset"] += steps
         self.logger.step_offset = self.state["step_offset"]
         self._release_memory(PHASES[self.state["phase"]])
         end_of_round = self.state["phase"] == len(PHASES) - 1
         r = self.state["round"]
-        keep_round = end_of_round and self.config.save_round_checkpoints
-        name = f"round_{r}" if keep_round else "last"
+        name = f"round_{r}" if end_of_round else "last"  # never the name the state holds now
         self.save_policy(self.run_dir / "checkpoints" / name)
         self.state["checkpoint"] = name
-        if keep_round and self.global_zero:  # the round checkpoint is now the latest one
-            shutil.rmtree(self.run_dir / "checkpoints" / "last", ignore_errors=True)
+        self.state.pop("started", None)
         if end_of_round:
-            self._evaluate(round_=r)
-            self.state["round"], self.state["phase"] = r + 1, 0
+            self.state.update(round=r + 1, phase=0, pending_eval=r)
         else:
             self.state["phase"] += 1
         self._write_state()
+        if end_of_round and self.global_zero:  # checkpoints the state no longer names
+            shutil.rmtree(self.run_dir / "checkpoints" / "last", ignore_errors=True)
+            if not self.config.save_round_checkpoints:
+                shutil.rmtree(self.run_dir / "checkpoints" / f"round_{r - 1}", ignore_errors=True)
+        self._evaluate_pending()
 
     def _release_memory(self, phase: str) -> None:
         """Free the finished phase's Trainer, module and optimiser state now, and log the RSS."""
@@ -305,6 +327,27 @@ class Evolver:
         return not is_distributed() or torch.distributed.get_rank() == 0
 
     # ---------------------------------------------------------------- outputs
+    def _evaluate_pending(self) -> None:
+        """Evaluate the round the state marks ``pending_eval`` (unless its row was written before a
+        kill), then clear the mark."""
+        if "pending_eval" not in self.state:
+            return
+        label = self.state["pending_eval"]
+        if str(label) in self.val_rounds():
+            log.info("val row of round %s already written: not evaluated again", label)
+        else:
+            self._evaluate(label)
+        del self.state["pending_eval"]
+        self._write_state()
+
+    def val_rounds(self) -> list[str]:
+        """The ``round`` column of ``val_table.csv`` (empty when there is none)."""
+        path = self.run_dir / "val_table.csv"
+        if not path.exists():
+            return []
+        with path.open(newline="") as f:
+            return [row["round"] for row in csv.DictReader(f)]
+
     def _evaluate(self, round_: int | str) -> None:
         if not self.datamodule.files["val"]:
             return
@@ -312,8 +355,13 @@ class Evolver:
         row = {"round": round_, "step": self.state["step_offset"], **{k: round(v, 4) for k, v in results.items()}}
         log.info("val after round %s: EM %.3f F1 %.3f searches %.2f tokens %.1f", round_, results["em"],
                  results["f1"], results["searches"], results["tokens"])
+        self._append_row(row)  # the row first: a rerun finds it and does not log the scalars twice
         self.logger.log_metrics({f"val/{k}": v for k, v in results.items() if k != "n"}, step=0)
-        self._append_row(row)
+        self._flush_logs()
+
+    @rank_zero_only
+    def _flush_logs(self) -> None:
+        self.logger.experiment.flush()
 
     @rank_zero_only
     def _append_row(self, row: dict[str, Any]) -> None:
@@ -324,6 +372,8 @@ class Evolver:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
 
     def save_policy(self, path: Path) -> None:
         """Save the (possibly sharded) policy as a Hugging Face directory, atomically (rank 0)."""
