@@ -18,6 +18,7 @@ fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -258,12 +259,78 @@ def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
     init, trainer_kwargs = _build(parser, cfg)
     run_dir = Path(init.evolver.run_dir)
     if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.yaml").exists():  # saved once; a resumed run keeps the original
-            (run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+        record_config(run_dir, parser.dump(cfg, skip_none=False), init.evolver)
     return fit_stoppable(lambda: Evolver(Policy.from_config(init.policy), init.data, init.grpo, init.ofsd,
                                          init.rollout, init.prompt, init.reward, init.evolver, trainer_kwargs,
                                          warmup=init.warmup), run_dir)
+
+
+RESUME_MAY_CHANGE = ("config", "evolver.rounds", "evolver.resume", "evolver.accept_config_change",
+                     "evolver.eval_batch_size", "evolver.malloc_mmap_threshold_mb", "rollout.vllm.",
+                     "trainer.enable_progress_bar")
+"""Config keys (or prefixes) a resumed run may change without `evolver.accept_config_change`:
+the schedule's length and settings that do not change what is trained."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: str, new: str) -> list[str]:
+    """``"key: old -> new"`` for every key whose value differs between two dumped configs, except
+    those in `RESUME_MAY_CHANGE`."""
+    import yaml
+
+    old_keys, new_keys = _flatten(yaml.safe_load(saved) or {}), _flatten(yaml.safe_load(new) or {})
+    changed = []
+    for key in sorted(set(old_keys) | set(new_keys)):
+        if key.startswith(RESUME_MAY_CHANGE) or old_keys.get(key) == new_keys.get(key):
+            continue
+        changed.append(f"{key}: {old_keys.get(key)!r} -> {new_keys.get(key)!r}")
+    return changed
+
+
+def record_config(run_dir: Path, dumped: str, evolver: Any) -> None:
+    """Save the run's config once (``config.yaml``). A run that started (its state file exists) and is
+    resumed with a different config is refused with the differing keys, unless
+    ``evolver.accept_config_change``: then the changes are appended to ``config_changes.log``."""
+    import datetime
+
+    from search_e1.errors import UserInputError
+    from search_e1.evolver import STATE_FILE
+
+    path = run_dir / "config.yaml"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if path.exists() and (run_dir / STATE_FILE).exists():
+            if not evolver.resume:  # the Evolver refuses to touch this run: its record stays as it is
+                return
+            changes = config_changes(path.read_text(), dumped)
+            if changes and not evolver.accept_config_change:
+                raise UserInputError(
+                    f"{run_dir} holds a run started with another config ({path}); differing keys:\n  "
+                    + "\n  ".join(changes) + "\nrerun with the same config, choose another evolver.run_dir, "
+                    "or set evolver.accept_config_change true to continue with these changes (recorded)")
+            if changes:
+                stamp = datetime.datetime.now().isoformat(timespec="seconds")
+                with (run_dir / "config_changes.log").open("a") as f:
+                    f.write(f"# {stamp}: resumed with\n" + "".join(f"{c}\n" for c in changes))
+                log.warning("resuming %s with %d config change(s), recorded in config_changes.log", run_dir,
+                            len(changes))
+            return
+        tmp = path.with_name("config.yaml.tmp")
+        tmp.write_text(dumped)
+        tmp.replace(path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            path.with_name("config.yaml.tmp").unlink(missing_ok=True)
+        raise UserInputError(f"evolver.run_dir {run_dir}: cannot write the run's files there "
+                             f"({err.strerror or err})") from None
 
 
 def fit_stoppable(make_evolver: Callable[[], Any], run_dir: Path) -> dict[str, Any]:
@@ -282,12 +349,17 @@ def fit_stoppable(make_evolver: Callable[[], Any], run_dir: Path) -> dict[str, A
 def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
     from dataclasses import replace
 
+    from search_e1.errors import UserInputError
     from search_e1.evaluate import evaluate_policy
     from search_e1.policy import Policy
+    from search_e1.rollout import check_prompt_fits
 
+    if cfg.max_questions < 0:
+        raise UserInputError(f"--max_questions must be >= 0 (0 = all), got {cfg.max_questions}")
     init, _ = _build(parser, cfg)
     policy_cfg = replace(init.policy, path=cfg.ckpt) if cfg.ckpt else init.policy
     policy = Policy.from_config(policy_cfg)
+    check_prompt_fits(policy.tokenizer, init.prompt, init.rollout)
     dm = init.data
     dm.setup("test" if cfg.split == "test" else "validate")
     examples = dm.examples(cfg.split)

@@ -57,6 +57,10 @@ QUESTION_MARKER = "Question:"
 """Search-R1's prompt ends with ``Question: {question}``; the question follows the last marker."""
 
 
+MAX_QUESTION_CHARS = 20_000
+"""Longest question accepted from a QA file (characters); a longer one is refused at load time."""
+
+
 class QADataError(UserInputError):
     """A QA file that cannot be read; the message starts with the file (and line or row)."""
 
@@ -174,11 +178,16 @@ def iter_jsonl(
     A line that is not valid JSON, or not a JSON object, raises ``error`` (a `UserInputError`)
     whose message starts with ``path:line``; the caller checks the fields, naming the same place.
     """
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with Path(path).open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8").removeprefix("\ufeff")
+            except UnicodeDecodeError as e:
+                raise error(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                            "re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -202,6 +211,7 @@ def _parse_flashrag_record(record: dict[str, Any], where: str, index: int, sourc
         raise QADataError(
             f"{where}: field 'question': expected a non-empty string, got {question!r:.80}"
         )
+    _check_length(question, where, "field 'question'")
     if "golden_answers" not in record:
         raise QADataError(f"{where}: missing field 'golden_answers' (expected a list of strings)")
     metadata = record.get("metadata") or {}
@@ -268,18 +278,26 @@ def _parse_searchr1_row(
     )
 
 
+def _check_length(question: str, where: str, what: str) -> str:
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QADataError(f"{where}: {what} holds {len(question)} characters; at most {MAX_QUESTION_CHARS} "
+                          "are accepted (a prompt must fit rollout.max_total_tokens)")
+    return question
+
+
 def _row_question(row: dict[str, Any], where: str) -> str:
     question = row.get("question")
     if isinstance(question, str) and question.strip():
-        return question.strip()
+        return _check_length(question.strip(), where, "column 'question'")
     if row.get("prompt") is None:
         raise QADataError(
             f"{where}: column 'question' is {question!r:.80} and there is no 'prompt'"
         )
     try:
-        return question_from_prompt(row["prompt"])
+        question = question_from_prompt(row["prompt"])
     except ValueError as e:
         raise QADataError(f"{where}: column 'prompt': {e}") from None
+    return _check_length(question, where, "column 'prompt'")
 
 
 def _row_answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -351,8 +369,10 @@ class RetrievalDataModule(L.LightningDataModule):
             or a list.
         val_files: Validation QA files, evaluated during fit when given.
         test_files: Test QA files (``trainer.test`` / ``predict``, evaluation).
-        retriever: How to build the retriever (corpus, index, embedder); built in ``setup``. None
-            when one is injected with ``set_retriever`` or when only the questions are needed.
+        retriever: The retriever: ``kind: dense`` (corpus, index, embedder: searched in this
+            process) or ``kind: http`` (a running ``search-e1 serve``: url, timeout, retries); built
+            in ``setup``; ``--data.retriever.help RetrieverConfig`` lists every field. None when one
+            is injected with ``set_retriever`` or when only the questions are needed.
         batch_size: Questions per training batch (each is expanded to a group of rollouts).
         val_batch_size: Questions per validation / test batch; defaults to ``batch_size``.
         max_train_examples: Keep only the first N training questions (after concatenation).

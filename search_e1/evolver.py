@@ -58,7 +58,7 @@ from search_e1.ofsd import OFSDConfig, OFSDModule
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
 from search_e1.rewards import RewardConfig
-from search_e1.rollout import GeneratorFactory, RolloutConfig
+from search_e1.rollout import GeneratorFactory, RolloutConfig, check_prompt_fits
 from search_e1.warmup import WarmupConfig, WarmupExample, WarmupModule, load_demonstrations
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class EvolverConfig:
     """Questions per evaluation rollout batch."""
     resume: bool = True
     """Continue a run found in run_dir (its evolver_state.json) instead of starting over."""
+    accept_config_change: bool = False
+    """Resume a run even though its config differs from the saved config.yaml (changes go to config_changes.log)."""
     save_round_checkpoints: bool = True
     """Keep every round's policy checkpoint checkpoints/round_<r> (else only the latest round's)."""
     seed: int = 0
@@ -96,9 +98,9 @@ class EvolverConfig:
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1 \
-                or self.malloc_mmap_threshold_mb < 0:
+                or self.malloc_mmap_threshold_mb < 0 or self.eval_max_questions < 0:
             raise ValueError("EvolverConfig: rounds >= 1, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1, "
-                             "malloc_mmap_threshold_mb >= 0 are required")
+                             "eval_max_questions >= 0, malloc_mmap_threshold_mb >= 0 are required")
 
 
 class OffsetTensorBoardLogger(TensorBoardLogger):
@@ -167,6 +169,8 @@ class Evolver:
         """Run (or resume) every round; returns the final state."""
         if set_mmap_threshold(self.config.malloc_mmap_threshold_mb):
             log.info("allocations of %d MiB and more are unmapped when freed", self.config.malloc_mmap_threshold_mb)
+        check_prompt_fits(self.policy.tokenizer, self.prompt, self.rollout)
+        self._check_trainer()
         self.datamodule.setup("fit")
         self._maybe_resume()
         self._evaluate_pending()  # a run killed during an evaluation writes that row first
@@ -265,6 +269,21 @@ class Evolver:
             self.state["step_offset"] += steps
         self.state["started"] = True  # written when the phase's Trainer starts
         self.logger.step_offset = self.state["step_offset"]
+
+    def _check_trainer(self) -> None:
+        """Build (and drop) a phase's Trainer now, so that bad trainer settings (accelerator, devices,
+        strategy, precision) are refused before any work, not when the first phase starts."""
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # its "GPU available" lines come again with the first phase
+        try:
+            self._trainer()
+        except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+            raise UserInputError(f"invalid trainer settings {self.trainer_kwargs}: {err}") from None
+        finally:
+            quiet.setLevel(level)
 
     def _run_grpo(self) -> int:
         steps = self.config.grpo_steps
@@ -432,6 +451,16 @@ def load_policy_weights(model: torch.nn.Module, ckpt: Path) -> None:
     weights: dict[str, torch.Tensor] = {}
     for f in files:
         weights.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"checkpoint {ckpt} does not match the policy: missing {missing}, unexpected {unexpected}")
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in weights and "lm_head" not in k]
+    unexpected = [k for k in weights if k not in own]
+    if mismatched or missing or unexpected:
+        first = mismatched[0] if mismatched else None
+        detail = (f"{len(mismatched)} tensors of another shape (first: {first} {tuple(weights[first].shape)} in "
+                  f"the checkpoint, {tuple(own[first].shape)} in the policy)" if first else
+                  f"{len(missing)} tensors missing, {len(unexpected)} unexpected (first: "
+                  f"{(missing + unexpected)[0]})")
+        raise UserInputError(f"checkpoint {ckpt} does not fit the policy: {detail}; was the run started with "
+                             "another policy.path?")
+    model.load_state_dict(weights, strict=False)

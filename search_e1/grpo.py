@@ -29,6 +29,7 @@ from search_e1.algos import (
     mixed_group_fraction,
 )
 from search_e1.data import plain
+from search_e1.distributed import max_over_ranks
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
@@ -75,6 +76,8 @@ class GRPOConfig:
     """Gradient clipping by global norm; 0 disables clipping."""
     recompute_old_logprobs: bool = True
     """Recompute old log-probs with a forward pass (else use the sampling log-probs)."""
+    skip_zero_advantage: bool = True
+    """Skip the forward/backward of rows with advantage 0 when no KL or entropy term uses them (their gradient is exactly 0)."""
     log_text_every: int = 5
     """Log trajectories as TensorBoard text every N steps (rank 0); 0 disables."""
     log_text_samples: int = 2
@@ -84,6 +87,8 @@ class GRPOConfig:
         for name in ("group_size", "ppo_epochs", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError("GRPOConfig.group_size must be >= 2: a group of one sample has advantage 0, so no gradient")
         if self.lr <= 0 or self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
             raise ValueError("GRPOConfig: lr > 0, kl_coef >= 0 and clip ranges >= 0 are required")
         for name, getter in (("advantage", get_advantage_estimator), ("kl_estimator", get_kl_estimator),
@@ -166,18 +171,38 @@ class GRPOModule(RoundModule):
         c = self.config
         gen = torch.Generator().manual_seed(int(self.log_step))
         sums: dict[str, float] = {}
-        micro_count, norms = 0, []
+        micro_count, norms, trained = 0, [], 0
         for _ in range(c.ppo_epochs):
             for mb in torch.randperm(len(traj), generator=gen).split(c.mini_batch_size or len(traj)):
                 norm = (float(traj.loss_mask[mb].sum().clamp(min=1.0)), len(mb))
-                for micro in mb.split(c.micro_batch_size):
+                rows = self._rows_to_train(mb, advantages, ref)
+                trained += len(rows)
+                for micro in rows.split(c.micro_batch_size):
                     for k, v in self._micro_step(traj, micro, advantages, old, ref, norm).items():
                         sums[k] = sums.get(k, 0.0) + v
                     micro_count += 1
                 norms.append(self.optimizer_step_clipped(c.max_grad_norm))
         stats = {k: v / max(micro_count, 1) for k, v in sums.items()}
         stats["grad_norm"] = sum(norms) / max(len(norms), 1)
+        stats["trained_frac"] = trained / max(c.ppo_epochs * len(traj), 1)
         return stats
+
+    def _rows_to_train(self, mb: torch.Tensor, advantages: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        """The rows of mini-batch ``mb`` that get a forward/backward.
+
+        A row with advantage 0 adds exactly 0 to the policy loss and its gradient, so when no KL or
+        entropy term reads it (``skip_zero_advantage``, ``kl_coef = 0`` or no reference,
+        ``entropy_coef = 0``) the rows with a non-zero advantage come first and the rest are cut
+        after the last micro-batch that needs one. The loss keeps the whole mini-batch's
+        normalisation, so the optimiser step is the unskipped one. Under torch.distributed every
+        rank runs the largest micro-batch count of any rank (its own zero rows fill the gap), so the
+        collectives of sharded forward/backward passes stay matched."""
+        c = self.config
+        if not c.skip_zero_advantage or ref is not None or c.entropy_coef:
+            return mb
+        active = advantages[mb] != 0
+        n_micro = max_over_ranks(-(-int(active.sum()) // c.micro_batch_size))
+        return torch.cat([mb[active], mb[~active]])[: n_micro * c.micro_batch_size]
 
     def _micro_step(self, traj: Trajectory, micro: torch.Tensor, advantages: torch.Tensor,
                     old: torch.Tensor, ref: torch.Tensor | None, norm: tuple[float, int]) -> dict[str, float]:

@@ -4,8 +4,9 @@ Training on CPU frees and re-allocates activations and gradients of every size a
 glibc's allocator serves allocations under its (adaptive, up to 32 MiB) mmap threshold from heaps
 it rarely gives back, so freed activations stay resident: on the 135M policy, six optimiser steps
 peaked at 4.8 GB RSS with the default allocator and at 3.4 GB with a fixed 4 MiB threshold, where
-the live tensors (weights, gradients, AdamW moments) are 2.2 GB (bin/bench_memory.py). These helpers
-are no-ops where the C library is not glibc.
+the live tensors (weights, gradients, AdamW moments) are 2.2 GB (bin/bench_memory.py). A buffer whose
+contents are dead between uses (vLLM's KV cache between rollouts) can hand its pages back
+(`discard_pages`). These helpers are no-ops where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import gc
 import resource
 import sys
 
+import torch
+
 _M_MMAP_THRESHOLD = -3  # mallopt parameter numbers of glibc's malloc.h
+_MADV_DONTNEED = 4  # madvise advice of Linux's mman.h
+_PAGE = 4096
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -48,6 +53,23 @@ def release_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def discard_pages(storage: torch.UntypedStorage) -> int:
+    """Give the whole pages of a CPU tensor storage back to the OS now (``madvise(MADV_DONTNEED)``);
+    they read as zeros when next touched. Only for buffers whose contents are dead: the caller
+    must not read them again before writing. Returns the bytes released (0 outside Linux)."""
+    libc = _glibc()
+    if libc is None or storage.device.type != "cpu" or storage.nbytes() == 0:
+        return 0
+    start = -(-storage.data_ptr() // _PAGE) * _PAGE  # inner pages only: the neighbours are not ours
+    end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
+    if end <= start:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
+        return 0
+    return end - start
 
 
 def rss_gb() -> float:

@@ -104,6 +104,8 @@ class OFSDConfig:
         for name in ("group_size", "num_questions", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"OFSDConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError("OFSDConfig.group_size must be >= 2: a trajectory's sibling is another sample of its question")
         if self.max_epochs <= 0:
             raise ValueError(f"OFSDConfig.max_epochs must be > 0, got {self.max_epochs}")
         if "{sibling}" not in self.privileged_template:

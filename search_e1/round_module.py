@@ -45,6 +45,7 @@ class RoundModule(L.LightningModule):
         self.reference = reference
         self.retriever = retriever
         self.rollout_config, self.prompt_config, self.reward_config = rollout_config, prompt, reward
+        self._batch_idx = 0
 
     # ---------------------------------------------------------------- model and optimiser
     def on_fit_start(self) -> None:
@@ -65,9 +66,13 @@ class RoundModule(L.LightningModule):
         return make_optimizer(self.policy, lr, weight_decay, warmup_steps)
 
     def optimizer_step_clipped(self, max_grad_norm: float) -> float:
-        """Clip, step the optimiser and the scheduler; returns the pre-clip gradient norm."""
+        """Clip, step the optimiser and the scheduler; returns the pre-clip gradient norm. A parameter
+        that no backward reached (every row skipped) steps with a zero gradient, as it would have."""
         opt = self.optimizers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
@@ -106,7 +111,11 @@ class RoundModule(L.LightningModule):
     def log_step(self) -> int:
         """The global (cross-round) step at which this batch's metrics are logged."""
         offset = getattr(self.logger, "step_offset", 0) if self.logger is not None else 0
-        return offset + self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        return offset + self._batch_idx
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Remember the batch index: a round is one epoch, so it is the step Lightning logs at."""
+        self._batch_idx = batch_idx
 
     @rank_zero_only
     def log_trajectories(self, tag: str, traj: Trajectory, rows: list[int]) -> None:

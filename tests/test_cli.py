@@ -95,9 +95,21 @@ def test_help_lists_knobs_with_docstrings(capsys):
                       ("--warmup.demonstrations", "Chat-message JSONL"), ("--warmup.steps", "Optimiser steps"),
                       ("--warmup.micro_batch_size", "per forward/backward"), ("--warmup.max_examples", "first N"),
                       ("--rollout.backend", "Generation backend"), ("--rollout.vllm.kv_cache_gb", "KV-cache memory"),
+                      ("--data.retriever", "kind: http"),
+                      ("--grpo.skip_zero_advantage", "advantage 0"), ("--rollout.vllm.release_kv", "KV cache"),
+                      ("--evolver.accept_config_change", "config_changes.log"),
                       ("--policy.gradient_checkpointing", "Recompute"), ("--ofsd.max_epochs", "Passes over"),
                       ("--trainer.precision", None)]:
         assert flag in out and (doc is None or doc in out), flag
+
+
+def test_retriever_help_lists_its_kind_and_the_service_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.retriever.help", "RetrieverConfig"])
+    out = capsys.readouterr().out
+    for flag in ("--data.retriever.kind", "--data.retriever.http.url", "--data.retriever.http.timeout_s",
+                 "--data.retriever.http.retries", "--data.retriever.corpus"):
+        assert flag in out, flag
 
 
 def test_bad_corpus_line_exits_2_naming_file_and_line(tmp_path, caplog):

@@ -196,6 +196,8 @@ def test_micro_batcher_batches_dedupes_and_caps() -> None:
     ({"queries": []}, 422, "queries"),
     ({"queries": [f"q{i}" for i in range(17)]}, 413, "queries"),     # max_queries_per_request=16
     ({"queries": ["ok", "x" * 201]}, 413, "queries.1"),                # max_query_chars=200
+    ({"queries": ["ok", "  "]}, 422, "queries.1"),                     # blank query
+    ({"queries": [""]}, 422, "queries.0"),                             # empty query
     ({"queries": ["ok"], "topk": 6}, 422, "topk"),                     # max_topk=5
     ({"queries": ["ok"], "topk": -1}, 422, "topk"),
     ({"queries": ["ok"], "pad": "x" * 5000}, 413, "body"),             # max_body_bytes=4096
@@ -277,6 +279,20 @@ def test_http_retriever_against_the_service(service: str) -> None:
     with HTTPRetriever(service, timeout_s=5.0, return_scores=False) as retriever:  # bare base URL
         plain = retriever.search(["zorvex"], 2)
     assert plain == [[Passage(p.id, p.title, p.text, None) for p in rank("zorvex", 2)]]
+
+
+def test_retriever_kind_http_in_config_reaches_the_service(service: str) -> None:
+    """``data.retriever.kind: http`` builds a client of a running service (several trainers can
+    share one); kind dense needs a corpus; an unknown kind is refused with the choices."""
+    from search_e1.retrieval.dense import RetrieverConfig, build_retriever
+
+    retriever = build_retriever(RetrieverConfig(kind="http", http={"url": service, "timeout_s": 5.0}))
+    assert isinstance(retriever, HTTPRetriever) and retriever.config.timeout_s == 5.0
+    assert retriever.search(["ada program"], 2) == [rank("ada program", 2)]
+    with pytest.raises(ValueError, match="corpus must be the path"):
+        RetrieverConfig(kind="dense")
+    with pytest.raises(ValueError, match=r"kind: expected one of \['dense', 'http'\], got 'grpc'"):
+        RetrieverConfig(kind="grpc", corpus="c.jsonl")
 
 
 def free_port() -> int:

@@ -108,3 +108,23 @@ def test_multi_turn_rollout_mask_and_logprobs(embedded_policy, demo_retriever, d
     engine = get_engine(embedded_policy, cfg.vllm, cfg.max_total_tokens + 8)
     if int(traj.num_searches.sum()) > 0:  # a later turn re-sends its earlier context: cache hits
         assert engine.stats()["cached_prompt_tokens"] > 0
+
+
+def test_kv_pages_go_back_to_the_os_after_a_rollout_and_outputs_stay_the_same(embedded_policy, contexts):
+    """`end_rollout` hands the KV cache's pages back (RSS falls by about its size); the next turns,
+    on zero-filled pages and an empty prefix cache, give the same greedy tokens."""
+    from search_e1.memory import rss_gb
+
+    cfg = _cfg()
+    gen = make_generator(embedded_policy, cfg)
+    first = gen(contexts, [24] * len(contexts))
+    engine = get_engine(embedded_policy, cfg.vllm, cfg.max_total_tokens + 8)
+    engine.sync(embedded_policy)
+    before = rss_gb()
+    freed = engine.release_kv_cache()
+    assert freed >= 0.95 * ENGINE.kv_cache_gb * 2**30
+    assert before - rss_gb() >= 0.8 * ENGINE.kv_cache_gb * 2**30 / 1e9  # torch.zeros had touched every page
+    again = gen(contexts, [24] * len(contexts))
+    assert [o.ids for o in again] == [o.ids for o in first]
+    assert max(abs(a - b) for x, y in zip(again, first, strict=True) for a, b in zip(x.logprobs, y.logprobs,
+                                                                                     strict=True)) <= 1e-5

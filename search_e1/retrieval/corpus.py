@@ -201,19 +201,25 @@ def iter_corpus(
 ) -> Iterator[tuple[int, str, str]]:
     """``(line number, id, contents)`` for every non-blank line of a wiki-18 jsonl, validated.
 
-    A malformed line raises `CorpusFormatError` naming ``path:line``; duplicates are the
-    caller's to check. ``advance(n)`` is called with the bytes of each line read (progress).
+    A malformed line raises `CorpusFormatError` naming ``path:line``, and so does a file without
+    any passage (empty or blank); duplicates are the caller's to check. ``advance(n)`` is called
+    with the bytes of each line read (progress).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
+    found = False
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if advance is not None:
                 advance(len(line))
             if line.strip():
                 pid, contents = _parse_line(line, f"{path}:{lineno}")
+                found = True
                 yield lineno, pid, contents
+    if not found:
+        raise CorpusFormatError(f"{path}: no passages (the file is empty or blank); expected one JSON "
+                                'object per line with "id" and "contents"')
 
 
 def duplicate_id_error(path: str | Path, pid: str, line: int, first_line: int) -> CorpusFormatError:

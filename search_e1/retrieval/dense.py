@@ -44,6 +44,7 @@ from search_e1.retrieval.embedder import (
     TextEncoder,
     resolve_embedder_path,
 )
+from search_e1.retrieval.http import HTTPRetriever, HTTPRetrieverConfig
 from search_e1.retrieval.index import (
     INDEX_FILE,
     META_FILE,
@@ -208,12 +209,17 @@ def _same_model(a: str, b: str) -> bool | None:
         return None if a == b else False
 
 
+RETRIEVER_KINDS = ("dense", "http")
+
+
 @dataclass
 class RetrieverConfig:
-    """An in-process dense retriever: corpus, index and query encoder."""
+    """The retriever: in-process dense search (corpus, index, query encoder) or a retrieval service."""
 
-    corpus: str
-    """Path of the wiki-18 style corpus jsonl."""
+    kind: str = "dense"
+    """dense: this process searches corpus + index; http: a `search-e1 serve` (or Search-R1) service at http.url."""
+    corpus: str | None = None
+    """Path of the wiki-18 style corpus jsonl (kind dense)."""
     index_dir: str | None = None
     """Directory of index.faiss + meta.json (built when missing); None: "<corpus dir>/index"."""
     index_path: str | None = None
@@ -228,10 +234,16 @@ class RetrieverConfig:
     """Build the index when index_dir has none (slow for big corpora), else raise."""
     mmap: bool = False
     """Memory-map the index file (same as index.mmap; kept for older configs)."""
+    http: HTTPRetrieverConfig = field(default_factory=HTTPRetrieverConfig)
+    """The service's URL, timeout and retries (kind http); several trainers can share one service."""
 
     def __post_init__(self) -> None:
-        if not self.corpus:
-            raise ValueError("RetrieverConfig.corpus must be the path of a corpus jsonl file")
+        if self.kind not in RETRIEVER_KINDS:
+            raise ValueError(f"RetrieverConfig.kind: expected one of {list(RETRIEVER_KINDS)}, got {self.kind!r}")
+        if self.kind == "dense" and not self.corpus:
+            raise ValueError("RetrieverConfig.corpus must be the path of a corpus jsonl file (kind dense)")
+        if isinstance(self.http, dict):
+            self.http = HTTPRetrieverConfig(**self.http)
         if isinstance(self.embedder, dict):  # from plain YAML / OmegaConf containers
             self.embedder = EmbedderConfig(**self.embedder)
         if not isinstance(self.embedder, EmbedderConfig):
@@ -252,8 +264,13 @@ class RetrieverConfig:
         return dataclasses.replace(self.index, mmap=True) if self.mmap else self.index
 
 
-def build_retriever(cfg: RetrieverConfig, progress: bool = True) -> DenseRetriever:
-    """Load the retriever of ``cfg``, building its index first when missing and allowed."""
+def build_retriever(cfg: RetrieverConfig, progress: bool = True) -> DenseRetriever | HTTPRetriever:
+    """The retriever of ``cfg``: a client of the service (kind http), or the dense retriever, its
+    index built first when missing and allowed."""
+    if cfg.kind == "http":
+        log.info("retrieval service at %s", cfg.http.url)
+        return HTTPRetriever.from_config(cfg.http)
+    assert cfg.corpus is not None  # checked by RetrieverConfig
     store = open_corpus_store(cfg.corpus, cfg.store_dir, progress=progress)
     if cfg.index_path:
         if not Path(cfg.index_path).is_file():

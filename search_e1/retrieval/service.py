@@ -331,6 +331,8 @@ def parse_request(body: bytes, cfg: ServeConfig) -> tuple[list[str], int, bool]:
         raise ApiError(413, f"queries has {len(req.queries)} entries; max_queries_per_request "
                             f"is {cfg.max_queries_per_request}", "queries")
     for i, query in enumerate(req.queries):
+        if not query.strip():
+            raise ApiError(422, f"queries.{i} is empty or blank; every query must hold text", f"queries.{i}")
         if len(query) > cfg.max_query_chars:
             raise ApiError(413, f"queries.{i} has {len(query)} characters; max_query_chars is "
                                 f"{cfg.max_query_chars}", f"queries.{i}")

@@ -4,7 +4,14 @@
     >>> traj = rollout(policy, retriever, questions, golden_answers, RolloutConfig(group_size=4))
 """
 
-from search_e1.rollout.engine import Environment, RolloutConfig, Row, State, rollout
+from search_e1.rollout.engine import (
+    Environment,
+    RolloutConfig,
+    Row,
+    State,
+    check_prompt_fits,
+    rollout,
+)
 from search_e1.rollout.generation import (
     BACKENDS,
     GeneratorFactory,
@@ -21,6 +28,6 @@ from search_e1.rollout.vllm_backend import VLLMConfig, VLLMEngine, VLLMTurnGener
 
 __all__ = [
     "BACKENDS", "Environment", "GeneratorFactory", "HFTurnGenerator", "RolloutConfig", "Row", "Segment", "State",
-    "Trajectory", "TurnGenerator", "TurnOutput", "VLLMConfig", "VLLMEngine", "VLLMTurnGenerator", "cut_turn",
+    "Trajectory", "TurnGenerator", "TurnOutput", "VLLMConfig", "VLLMEngine", "VLLMTurnGenerator", "check_prompt_fits", "cut_turn",
     "hf_generator", "make_generator", "rollout", "stop_cut",
 ]

@@ -160,6 +160,20 @@ class Environment:
         return text[a + len(_SENTINEL_A) : u], text[u + len(_SENTINEL_U) :]
 
 
+def check_prompt_fits(tokenizer: Any, prompt: PromptConfig, cfg: RolloutConfig) -> int:
+    """The prompt template's length without a question; `UserInputError` when it leaves no room for
+    one turn of ``max_new_tokens`` within ``max_total_tokens`` (checked before any work starts)."""
+    from search_e1.errors import UserInputError
+
+    base = len(Environment(tokenizer, prompt, cfg.max_info_tokens).prompt_ids(""))
+    if base + cfg.max_new_tokens > cfg.max_total_tokens:
+        raise UserInputError(
+            f"rollout.max_total_tokens ({cfg.max_total_tokens}) leaves no room for a turn: the prompt template "
+            f"alone is {base} tokens and a turn may sample rollout.max_new_tokens ({cfg.max_new_tokens}); raise "
+            "max_total_tokens or shorten prompt.instruction / prompt.few_shot")
+    return base
+
+
 def rollout(
     policy: Any, retriever: Retriever, questions: Sequence[str],
     golden_answers: Sequence[Sequence[str]], config: RolloutConfig | None = None,
@@ -188,6 +202,13 @@ def rollout(
     gen = generator or make_generator(policy, cfg)
     prompts = [env.prompt_ids(q) for q in questions]
     rows = [Row(group=q, prompt=prompts[q]) for q in range(len(questions)) for _ in range(cfg.group_size)]
+    too_long = [r for r in rows if r.length + 1 > cfg.max_total_tokens]  # no room for one sampled token
+    for r in too_long:
+        r.state, r.finish = State.DONE, "prompt_too_long"
+    if too_long:
+        log.warning("%d of %d questions not rolled out: their prompt fills rollout.max_total_tokens (%d); "
+                    "they score 0 (finish reason prompt_too_long)", len(too_long) // cfg.group_size,
+                    len(questions), cfg.max_total_tokens)
     for turn in range(cfg.max_turns):
         active = [r for r in rows if r.state is State.GENERATE]
         if not any_rank(bool(active)):  # every rank runs the same number of turns
@@ -200,6 +221,8 @@ def rollout(
     for r in rows:
         if r.state is not State.DONE:
             r.state, r.finish = State.DONE, r.finish or "max_turns"
+    if hasattr(gen, "end_rollout"):  # the backend may drop what only this rollout needed (vLLM's KV pages)
+        gen.end_rollout()
     return _assemble(rows, questions, golden_answers, reward, tok)
 
 

