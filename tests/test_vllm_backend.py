@@ -114,7 +114,9 @@ def test_kv_pages_go_back_to_the_os_after_a_rollout_and_outputs_stay_the_same(em
     """`end_rollout` hands the KV cache's pages back (RSS falls by about its size); the next turns,
     on zero-filled pages and an empty prefix cache, give the same greedy tokens."""
     from search_e1.memory import rss_gb
+    from search_e1.rollout.vllm_backend import shutdown_engines
 
+    shutdown_engines()  # a fresh engine: its torch.zeros KV buffer is resident in full
     cfg = _cfg()
     gen = make_generator(embedded_policy, cfg)
     first = gen(contexts, [24] * len(contexts))
