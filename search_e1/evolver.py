@@ -8,8 +8,8 @@ fits); the TensorBoard logger is one `OffsetTensorBoardLogger` whose step offset
 each phase's steps, so every scalar lives on one increasing axis. After each phase the policy is
 saved (Hugging Face format): at the end of a round to ``<run_dir>/checkpoints/round_<r>``, after
 a GRPO phase to ``checkpoints/last`` (removed once the round's checkpoint exists), so the run keeps
-one checkpoint per round (``save_round_checkpoints``) plus at most one more. After each round the val split is evaluated
-(greedy) and a row is appended to ``val_table.csv``.
+one checkpoint per round (``save_round_checkpoints``) plus at most one more. After each round the
+val split is evaluated (greedy) and a row is appended to ``val_table.csv``.
 
 Resume: ``evolver_state.json`` (replaced atomically) records the next phase, the latest checkpoint,
 the step offset, ``started`` while a phase runs and ``pending_eval`` while a val row is owed. It is

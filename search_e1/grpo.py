@@ -177,7 +177,7 @@ class GRPOModule(RoundModule):
                 norm = (float(traj.loss_mask[mb].sum().clamp(min=1.0)), len(mb))
                 rows = self._rows_to_train(mb, advantages, ref)
                 trained += len(rows)
-                for micro in rows.split(c.micro_batch_size):
+                for micro in rows.split(c.micro_batch_size) if len(rows) else ():  # split of nothing: one empty
                     for k, v in self._micro_step(traj, micro, advantages, old, ref, norm).items():
                         sums[k] = sums.get(k, 0.0) + v
                     micro_count += 1

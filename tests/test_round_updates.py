@@ -1,5 +1,6 @@
-"""GRPO's update on a real multi-turn batch of a tiny model: gradient accumulation over
-micro-batches equals the full-batch step, and skipping rows with advantage 0 changes nothing."""
+"""The rounds' updates on a tiny model. GRPO on a real multi-turn batch: gradient accumulation over
+micro-batches equals the full-batch step, and skipping rows with advantage 0 changes nothing. OFSD:
+the batched teacher-student KL equals an unbatched per-example reference at every position."""
 
 from __future__ import annotations
 
@@ -94,6 +95,14 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient_unchanged(batch):
     assert set((adv != 0).nonzero().flatten().tolist()) <= set(rows.tolist())
 
 
+def test_a_batch_of_uniform_groups_runs_no_forward_and_still_steps(batch):
+    """Every advantage 0: no micro-batch at all, and the optimiser still steps once (with zero
+    gradients, as the unskipped update would)."""
+    policy, traj = batch
+    steps = step_grads(policy, traj, torch.zeros(len(traj)), micro_batch_size=2)
+    assert len(steps) == 1 and all(float(g.abs().max()) == 0.0 for g in steps[0].values())
+
+
 def test_nothing_is_skipped_when_an_entropy_or_kl_term_reads_every_row(batch):
     policy, traj = batch
     adv = get_advantage_estimator("grpo")(traj.rewards, traj.group_ids)
@@ -101,3 +110,43 @@ def test_nothing_is_skipped_when_an_entropy_or_kl_term_reads_every_row(batch):
     entropy = Captured(policy, config=GRPOConfig(group_size=4, kl_coef=0.0, entropy_coef=0.01))
     assert torch.equal(entropy._rows_to_train(rows, adv, None), rows)
     assert torch.equal(entropy._rows_to_train(rows, adv, torch.zeros(1)), rows)
+
+
+# ---------------------------------------------------------------- OFSD alignment
+@pytest.mark.parametrize("chunked", [True, False])
+def test_ofsd_batched_kl_at_each_response_position_equals_an_unbatched_reference(smol_tokenizer, chunked,
+                                                                                   monkeypatch):
+    """Three examples of different prompt and response lengths, left-padded into one batch: the
+    teacher-student KL at every response position equals KL(teacher || student) computed one
+    example at a time from plain forwards (teacher after its own prompt, student after its own)."""
+    from search_e1.ofsd import DistillExample, OFSDConfig, OFSDModule, collate_examples
+
+    policy = make_tiny_policy(smol_tokenizer, seed=7)
+    gen = torch.Generator().manual_seed(0)
+    examples = []
+    for s_len, t_len, r_len in ((9, 14, 5), (4, 20, 8), (12, 6, 3)):
+        response = torch.randint(100, 5000, (r_len,), generator=gen).tolist()
+        mask = [1.0] * r_len
+        mask[r_len // 2] = 0.0  # an environment token inside the response carries no loss
+        examples.append(DistillExample(
+            student_ids=torch.randint(100, 5000, (s_len,), generator=gen).tolist() + response,
+            teacher_ids=torch.randint(100, 5000, (t_len,), generator=gen).tolist() + response,
+            response_mask=mask))
+    module = OFSDModule(policy, None, [], 1, OFSDConfig(group_size=2, temperature=0.8))
+    if not chunked:  # the whole-response path (FSDP-sharded or soft-capped heads)
+        monkeypatch.setattr(type(policy), "chunkable", property(lambda self: False))
+    batch = collate_examples(examples, smol_tokenizer.pad_token_id)
+    with torch.no_grad():
+        kl, mask = module._per_token_kl(batch)  # [B, R]
+    r = mask.shape[1]
+    for b, e in enumerate(examples):
+        n = len(e.response_mask)
+        with torch.no_grad():
+            t_logits = policy.model(torch.tensor([e.teacher_ids])).logits[0, -n - 1 : -1] / 0.8  # [n, V]
+            s_logits = policy.model(torch.tensor([e.student_ids])).logits[0, -n - 1 : -1] / 0.8
+        t_lp, s_lp = torch.log_softmax(t_logits.double(), -1), torch.log_softmax(s_logits.double(), -1)
+        reference = (t_lp.exp() * (t_lp - s_lp)).sum(-1) * torch.tensor(e.response_mask, dtype=torch.float64)
+        assert torch.equal(mask[b, r - n :], torch.tensor(e.response_mask))
+        assert (mask[b, : r - n] == 0).all() and (kl[b, : r - n] == 0).all()
+        assert (kl[b, r - n :].double() - reference).abs().max().item() <= 1e-5, (b, kl[b], reference)
+        assert reference.max().item() > 1e-3  # teacher and student contexts differ: a real KL
