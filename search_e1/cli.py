@@ -179,7 +179,7 @@ def root_parser() -> tuple[Any, dict[str, Any]]:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     root = ArgumentParser(prog="search-e1", description="Search-E1: GRPO + offline self-distillation "
-                          "for search-augmented reasoning agents.")
+                          "for search-augmented reasoning agents.", exit_on_error=False)
     subs = {"fit": fit_parser(), "evaluate": evaluate_parser(), "serve": serve_parser()}
     helps = {"fit": "Train: rounds of GRPO then OFSD (the Evolver).",
              "evaluate": "Evaluate a checkpoint on QA files.",
@@ -399,6 +399,35 @@ def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
     Console().print(table)
 
 
+def check_config_files(args: list[str]) -> None:
+    """Read every ``--config`` file of ``args`` first, so that a missing file, bad YAML, an empty
+    file or one that is not a mapping is reported naming the file (`UserInputError`)."""
+    import yaml
+
+    from search_e1.errors import UserInputError
+
+    paths = [b for a, b in zip(args, args[1:], strict=False) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserInputError(f"--config {path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(err, "problem", None) or str(err)
+            raise UserInputError(f"--config {path}: invalid YAML{where}: {what}") from None
+        if tree is None:
+            raise UserInputError(f"--config {path}: the file is empty; expected a mapping of groups "
+                                 "(policy:, data:, rollout:, ...)")
+        if not isinstance(tree, dict):
+            raise UserInputError(f"--config {path}: expected a mapping of groups (policy:, data:, rollout:, ...), "
+                                 f"got a {type(tree).__name__}")
+
+
 def quiet_console() -> None:
     """Keep what a user can do nothing about off the console: transformers' weight-loading bars
     (a 135M model loads in under a second) and a deprecation inside Lightning's own code."""
@@ -412,7 +441,7 @@ def quiet_console() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``search-e1``: exit status 0; 2 on bad input; 128 + N when signal N stopped a fit."""
-    from jsonargparse import set_parsing_settings
+    from jsonargparse import ArgumentError, set_parsing_settings
 
     from search_e1.errors import UserInputError
 
@@ -422,8 +451,18 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print through their own handler
         logging.getLogger(name).propagate = False
     quiet_console()
+    args = list(sys.argv[1:] if argv is None else argv)
     parser, subs = root_parser()
-    cfg = parser.parse_args(argv)
+    try:
+        check_config_files(args)
+        cfg = parser.parse_args(args)
+    except UserInputError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    except ArgumentError as err:  # one line that matters instead of the whole usage
+        command = " ".join(["search-e1", *[a for a in args if a in subs][:1], "--help"])
+        sys.stderr.write(f"error: {err}\n`{command}` lists every option\n")
+        sys.exit(2)
     name = cfg.subcommand
     sub_cfg, sub_parser = cfg[name], subs[name]
     try:

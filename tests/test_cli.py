@@ -108,6 +108,27 @@ def test_unknown_key_inside_a_config_file_is_named(tmp_path, capsys):
     assert exc.value.code == 2 and "sibling_picker" in capsys.readouterr().err
 
 
+def test_an_argument_error_prints_one_error_and_the_help_command_not_the_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--grpo.no_such_knob", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err == "error: unrecognized arguments: --grpo.no_such_knob 3\n`search-e1 fit --help` lists every option\n"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("grpo:\n  lr: [1, 2\n", "invalid YAML at line 3, column 1: expected ',' or ']'"),
+    ("", "the file is empty; expected a mapping of groups"),
+    ("- a\n- b\n", "expected a mapping of groups (policy:, data:, rollout:, ...), got a list"),
+])
+def test_config_file_errors_name_the_file(tmp_path, caplog, text, needle):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(bad)])
+    assert exc.value.code == 2 and f"--config {bad}: {needle}" in caplog.text
+
+
 def test_invalid_value_is_refused_by_the_config_class(caplog):
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(CONF / "quickstart.yaml"), "--grpo.advantage", "nope"])
