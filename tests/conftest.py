@@ -41,8 +41,16 @@ def embedded_policy():
 
 
 @pytest.fixture(scope="session")
-def smol_tokenizer(embedded_policy):
-    return embedded_policy.tokenizer
+def smol_tokenizer():
+    """The embedded policy's tokenizer and chat template, without loading its weights."""
+    from transformers import AutoTokenizer
+
+    from search_e1.policy import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    if tokenizer.pad_token_id is None:  # as `Policy` sets it
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def make_tiny_policy(tokenizer, seed: int = 0, layers: int = 2):

@@ -200,6 +200,28 @@ def test_build_index_writes_meta_and_reloads(tmp_path, world_paths, world_corpus
         DenseRetriever.from_index_dir(out, corpus_path=other, embedder=hash_embedder)
 
 
+def test_index_notices_a_corpus_edited_with_the_same_line_count(tmp_path, world_paths, hash_embedder):
+    """The index records the corpus's content hash (the store's, equal to the in-memory corpus's):
+    one passage's text changed, same number of lines, is refused with the reason."""
+    from search_e1.retrieval import load_corpus
+    from search_e1.retrieval.store import open_corpus_store
+
+    corpus = tmp_path / "corpus.jsonl"
+    lines = Path(world_paths["corpus"]).read_text().splitlines()
+    corpus.write_text("\n".join(lines) + "\n")
+    out = build_index(corpus, tmp_path / "idx", EmbedderConfig(path="x"), progress=False, embedder=hash_embedder)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["corpus_hash"] == open_corpus_store(corpus, progress=False).content_hash == \
+        load_corpus(corpus).content_hash
+    DenseRetriever.from_index_dir(out, embedder=hash_embedder)  # unchanged: loads
+    record = json.loads(lines[5])
+    record["contents"] += " (edited)"
+    lines[5] = json.dumps(record)
+    corpus.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="same count, .* but another content hash\\): the corpus was edited"):
+        DenseRetriever.from_index_dir(out, embedder=hash_embedder)
+
+
 def test_retriever_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="RetrieverConfig.corpus"):
         RetrieverConfig(corpus="")

@@ -24,6 +24,7 @@ Run::
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -79,6 +80,20 @@ class PassageSource(Protocol):
     ) -> list[str]: ...
 
 
+class ContentDigest:
+    """A 128-bit blake2b over a corpus's (id, contents) pairs in row order, each length-prefixed:
+    an index records it, so a corpus edited without changing its passage count is noticed."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=16)
+
+    def add(self, pid: bytes, contents: bytes) -> None:
+        self._h.update(len(pid).to_bytes(8, "little") + pid + len(contents).to_bytes(8, "little") + contents)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 class Corpus:
     """Passages in file order held as Python strings; ``corpus[i]`` is index row ``i``."""
 
@@ -104,6 +119,14 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def content_hash(self) -> str:
+        """`ContentDigest` of every (id, contents) pair in order: the same as the store's."""
+        digest = ContentDigest()
+        for pid, text in zip(self.ids, self.contents, strict=True):
+            digest.add(pid.encode("utf-8", "surrogatepass"), text.encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
 
     def __getitem__(self, i: int) -> Passage:
         if not isinstance(i, int):

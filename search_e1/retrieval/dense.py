@@ -175,12 +175,20 @@ def _check_rows(ntotal: int | None, corpus: PassageSource, what: str) -> None:
 
 
 def _check_count(meta: dict[str, Any], corpus: PassageSource, index_dir: Path) -> None:
+    """The index was built from this corpus: same passage count, and the same content hash when
+    both record one (an edit that keeps the line count is noticed)."""
     if meta["num_passages"] != len(corpus):
         raise IndexMismatchError(
             f"{index_dir / META_FILE} was built from {meta['num_passages']} passages "
             f"({meta['corpus']}) but {corpus.path} has {len(corpus)}: the index belongs to "
             f"another corpus; delete {index_dir} to rebuild it"
         )
+    built, now = meta.get("corpus_hash"), getattr(corpus, "content_hash", None)
+    if built and now and built != now:
+        raise IndexMismatchError(
+            f"{index_dir / META_FILE} was built from other passages than {corpus.path} holds now (same "
+            f"count, {len(corpus)}, but another content hash): the corpus was edited; delete {index_dir} "
+            "to rebuild it")
 
 
 def _embedder_config_from_meta(meta: dict[str, Any]) -> EmbedderConfig:

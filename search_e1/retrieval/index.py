@@ -447,7 +447,8 @@ def build_index(
     save_index(train_and_add(shards, dim, icfg, progress), out / INDEX_FILE)
     seconds = time.perf_counter() - start
     _write_json(out / META_FILE, {
-        "corpus": str(Path(corpus_path).resolve()), "num_passages": len(source), "dim": int(dim),
+        "corpus": str(Path(corpus_path).resolve()), "num_passages": len(source),
+        "corpus_hash": getattr(source, "content_hash", None), "dim": int(dim),
         "embedder": dataclasses.asdict(cfg), "index": icfg.factory, "metric": icfg.metric,
         "index_config": dataclasses.asdict(icfg), "build_seconds": round(seconds, 3),
         "encode_seconds": round(encoded - start, 3),

@@ -46,6 +46,7 @@ import numpy as np
 from search_e1.errors import UserInputError
 from search_e1.retrieval.base import Passage
 from search_e1.retrieval.corpus import (
+    ContentDigest,
     CorpusFormatError,
     LineMap,
     PassageFormat,
@@ -127,6 +128,8 @@ class CorpusStore:
         self._hash = np.load(d / "id_hash.npy", mmap_mode="r")  # [N] int64, sorted
         self._order = np.load(d / "id_order.npy", mmap_mode="r")  # [N] int64
         self._n = int(self.meta["num_passages"])
+        self.content_hash: str | None = self.meta.get("content_hash")
+        """`ContentDigest` of the passages (None in stores converted before it was recorded)."""
         _check_consistent(self)
 
     @classmethod
@@ -272,19 +275,21 @@ class _StoreWriter:
         self.offsets, self.id_offsets = array("q", [0]), array("q", [0])
         self.hashes = array("q")
         self.lines = LineMap()
+        self.digest = ContentDigest()
 
     def _tmp(self, name: str) -> Path:
         return self.out / (name + self.suffix)
 
     def add(self, lineno: int, pid: str, contents: str) -> None:
         self.lines.note(len(self.hashes), lineno)
-        b = contents.encode("utf-8", "surrogatepass")
-        self.contents.write(b)
-        self.offsets.append(self.offsets[-1] + len(b))
+        text = contents.encode("utf-8", "surrogatepass")
+        self.contents.write(text)
+        self.offsets.append(self.offsets[-1] + len(text))
         b = pid.encode("utf-8", "surrogatepass")
         self.ids.write(b)
         self.id_offsets.append(self.id_offsets[-1] + len(b))
         self.hashes.append(id_hash(b))
+        self.digest.add(b, text)
 
     def id_of(self, row: int) -> str:
         if not self.ids.closed:
@@ -337,7 +342,7 @@ class _StoreWriter:
         for name in _FILES:
             os.replace(self._tmp(name), self.out / name)
         return {"num_passages": len(self.hashes), "contents_bytes": self.offsets[-1],
-                "ids_bytes": self.id_offsets[-1]}
+                "ids_bytes": self.id_offsets[-1], "content_hash": self.digest.hexdigest()}
 
     def abort(self) -> None:
         self.contents.close()
