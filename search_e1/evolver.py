@@ -39,6 +39,8 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,19 +403,21 @@ class Evolver:
             torch.distributed.barrier()
             return
         tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.model.save_pretrained(tmp, state_dict=state)
-        self.policy.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        with _writing(path, tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.policy.model.save_pretrained(tmp, state_dict=state)
+            self.policy.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
         if is_distributed():
             torch.distributed.barrier()
 
     @rank_zero_only
     def _write_state(self) -> None:
         tmp = self.run_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.run_dir / STATE_FILE)
+        with _writing(self.run_dir / STATE_FILE, tmp):
+            tmp.write_text(json.dumps(self.state, indent=2))
+            os.replace(tmp, self.run_dir / STATE_FILE)
 
     def _maybe_resume(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -438,6 +442,25 @@ class Evolver:
         self.policy.mark_weights_changed()
         log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
                  PHASES[self.state["phase"]], self.state["step_offset"])
+
+
+@contextmanager
+def _writing(target: Path, tmp: Path) -> Iterator[None]:
+    """An error while writing ``target`` through ``tmp`` (full disk, read-only directory) becomes a
+    `UserInputError` naming it; the half-written ``tmp`` is removed and the state on disk still
+    names the last finished phase, so the same command resumes once the cause is fixed."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        raise UserInputError(f"cannot write {target} ({getattr(err, 'strerror', None) or err}); the run keeps its "
+                             "last finished phase: free space or fix permissions, then run the same command") from None
 
 
 def load_policy_weights(model: torch.nn.Module, ckpt: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -367,3 +368,27 @@ def test_finished_phases_leave_no_trainer_module_or_optimiser_alive(tmp_path, sm
     alive = [type(o).__name__ for o in gc.get_objects()
              if isinstance(o, torch.optim.Optimizer | L.LightningModule | L.Trainer)]
     assert alive == []
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_leaves_no_tmp(tmp_path, smol_tokenizer, monkeypatch):
+    """save_pretrained fails half-way (ENOSPC): one error naming the checkpoint, its .tmp removed,
+    and the state still names the last finished phase, so the same command resumes later."""
+    import errno
+
+    from search_e1.errors import UserInputError
+
+    torch.manual_seed(0)
+    evolver = make_evolver(tmp_path, smol_tokenizer, rounds=1, cls=Evolver, warmup=warmup_config(tmp_path))
+
+    def full_disk(directory, **kwargs):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evolver.policy.model, "save_pretrained", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(UserInputError, match=f"cannot write {run / 'checkpoints' / 'warmup'} "
+                                             r"\(No space left on device\); the run keeps"):
+        evolver.fit()
+    assert not list(run.rglob("*.tmp"))
+    assert json.loads((run / "evolver_state.json").read_text())["warmup"] == "started"
