@@ -18,12 +18,11 @@ fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,7 +326,7 @@ def record_config(run_dir: Path, dumped: str, evolver: Any) -> None:
         tmp.write_text(dumped)
         tmp.replace(path)
     except OSError as err:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             path.with_name("config.yaml.tmp").unlink(missing_ok=True)
         raise UserInputError(f"evolver.run_dir {run_dir}: cannot write the run's files there "
                              f"({err.strerror or err})") from None
