@@ -82,15 +82,13 @@ def val_curve(run_dir: Path, arm: str, args: argparse.Namespace, k: int, batch: 
 
 def evaluate_split(policy: Any, init: Any, split: str) -> dict[str, dict[str, float]]:
     """Greedy evaluation of one split by hop count: EM, searches per correct answer, tokens per answer."""
-    from dataclasses import replace
 
+    from search_e1.cli import search_env
     from search_e1.rewards import exact_match
-    from search_e1.rollout import rollout
 
     examples = init.data.examples(split)
-    cfg = replace(init.rollout, group_size=1, temperature=0.0)
-    traj = rollout(policy, init.data.retriever, [e.question for e in examples],
-                   [list(e.golden_answers) for e in examples], cfg, init.prompt, init.reward)
+    env = search_env(init).with_retriever(init.data.retriever)
+    traj = env.rollout(policy, [e.question for e in examples], [list(e.golden_answers) for e in examples], greedy=True)
     groups: dict[str, list[int]] = {"single-hop": [], "two-hop": [], "all": []}
     for i, e in enumerate(examples):
         groups["single-hop" if e.metadata.get("hops", 1) == 1 else "two-hop"].append(i)
@@ -112,7 +110,6 @@ def evaluate_runs(config: str, runs: list[dict[str, Any]]) -> None:
     weights loaded per checkpoint, so one vLLM engine that re-syncs)."""
     from search_e1 import Policy
     from search_e1.cli import fit_parser
-    from search_e1.evolver import load_policy_weights
 
     parser = fit_parser()
     init = parser.instantiate(parser.parse_args(["--config", config]))
@@ -120,8 +117,7 @@ def evaluate_runs(config: str, runs: list[dict[str, Any]]) -> None:
     init.data.setup("test")
     policy = Policy.from_config(init.policy).eval()
     for run in runs:
-        load_policy_weights(policy.model, Path(run["ckpt"]))
-        policy.mark_weights_changed()
+        policy.load_weights(Path(run["ckpt"]))
         run["eval"] = {split: evaluate_split(policy, init, split) for split in ("val", "test")}
         log.info("%s seed %s: val EM %.3f test EM %.3f", run["arm"], run["seed"], run["eval"]["val"]["all"]["em"],
                  run["eval"]["test"]["all"]["em"])

@@ -2,7 +2,7 @@
 """Training-memory benchmark (issue 7): peak RSS of CPU training steps under glibc allocator settings.
 
 Workload: the embedded SmolLM2-135M policy with gradient checkpointing, bf16 autocast and the
-project's optimiser (`round_module.make_optimizer`: AdamW), ``--phases`` phases of ``--steps``
+project's optimiser (`search_e1.rounds.base.make_optimizer`: AdamW), ``--phases`` phases of ``--steps``
 optimiser steps each on a ``--batch`` x ``--length`` batch whose last ``--scored`` positions carry
 loss mask 1 (chunked log-probs, `Policy.token_logprobs`), a new optimiser per phase as the
 Evolver does. Each setting runs in its own child process (the allocator settings are
@@ -45,7 +45,7 @@ def child(args: argparse.Namespace) -> dict:
     if setting.startswith("mmap"):
         assert set_mmap_threshold(int(setting[4:])), "mallopt failed (not glibc?)"
     from search_e1.policy import Policy
-    from search_e1.round_module import make_optimizer
+    from search_e1.rounds.base import OptimConfig, make_optimizer
 
     policy = Policy.from_pretrained("embedded")
     policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -59,7 +59,7 @@ def child(args: argparse.Namespace) -> dict:
     mask[:, -args.scored:] = 1
     step_times = []
     for _ in range(args.phases):
-        opt = make_optimizer(policy, 1e-6, 0.0, 0)["optimizer"]
+        opt = make_optimizer(policy, OptimConfig(lr=1e-6))["optimizer"]
         for _ in range(args.steps):
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -111,7 +111,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     init = quickstart(args.config)
-    rcfg = replace(init.rollout, group_size=args.group_size, max_turns=args.max_turns,
+    rcfg = replace(init.rollout, max_turns=args.max_turns,
                    max_new_tokens=args.max_new_tokens, temperature=1.0, backend=args.backend,
                    vllm=replace(init.rollout.vllm, threads=args.threads))
     policy = Policy.from_config(replace(init.policy, path=args.policy) if args.policy else init.policy).eval()
@@ -126,7 +126,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     traj = rollout(policy, retriever, [q.question for q in qs], [list(q.golden_answers) for q in qs], rcfg,
-                   init.prompt, init.reward, generator=counter)
+                   init.prompt, init.reward, generator=counter, group_size=args.group_size)
     wall = time.perf_counter() - t0
     generated = int(traj.loss_mask.sum())
     out: dict[str, Any] = {
@@ -142,22 +142,23 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     else:
         out["computed_prompt_tokens"] = counter.context_tokens
     out.update(logprob_agreement(policy, traj.trim()))
-    out.update(grpo_step(policy, retriever, init, rcfg, train[: args.grpo_questions]))
+    out.update(grpo_step(policy, retriever, init, rcfg, args.group_size, train[: args.grpo_questions]))
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
 
-def grpo_step(policy: Any, retriever: Any, init: Any, rcfg: Any, questions: list[Any]) -> dict[str, float]:
+def grpo_step(policy: Any, retriever: Any, init: Any, rcfg: Any, group_size: int,
+              questions: list[Any]) -> dict[str, float]:
     """One GRPO step (rollout + update) on a Lightning Trainer; then the weight push it causes."""
     import lightning as L
     from torch.utils.data import DataLoader
 
     from search_e1.data import collate_questions
-    from search_e1.grpo import GRPOConfig, GRPOModule
-    from search_e1.rollout import make_generator
+    from search_e1.rollout import SearchEnv, make_generator
+    from search_e1.rounds.grpo import GRPOModule
 
-    grpo = replace(init.grpo, group_size=rcfg.group_size, kl_coef=0.0, log_text_every=0)
-    module = GRPOModule(policy, retriever, GRPOConfig(**{**vars(grpo)}), rcfg, init.prompt, init.reward)
+    grpo = replace(init.grpo, group_size=group_size, kl_coef=0.0, log_text_every=0)
+    module = GRPOModule(policy, SearchEnv(retriever, rcfg, init.prompt, init.reward), grpo)
     loader = DataLoader(questions, batch_size=len(questions), collate_fn=collate_questions)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

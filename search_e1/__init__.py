@@ -21,6 +21,9 @@ _LAZY: dict[str, str] = {
     "Trajectory": "search_e1.rollout",
     "RolloutConfig": "search_e1.rollout",
     "rollout": "search_e1.rollout",
+    "SearchEnv": "search_e1.rollout",
+    "OptimConfig": "search_e1.rounds.base",
+    "evaluate_policy": "search_e1.rounds.evaluate",
     "Passage": "search_e1.retrieval",
     "Retriever": "search_e1.retrieval",
     "DenseRetriever": "search_e1.retrieval",
@@ -31,34 +34,35 @@ _LAZY: dict[str, str] = {
     "exact_match": "search_e1.rewards",
     "f1_score": "search_e1.rewards",
     "QAMetric": "search_e1.metrics",
-    "GRPOModule": "search_e1.grpo",
-    "GRPOConfig": "search_e1.grpo",
-    "OFSDModule": "search_e1.ofsd",
-    "OFSDConfig": "search_e1.ofsd",
-    "Evolver": "search_e1.evolver",
-    "EvolverConfig": "search_e1.evolver",
-    "WarmupModule": "search_e1.warmup",
-    "WarmupConfig": "search_e1.warmup",
+    "GRPOModule": "search_e1.rounds.grpo",
+    "GRPOConfig": "search_e1.rounds.grpo",
+    "OFSDModule": "search_e1.rounds.ofsd",
+    "OFSDConfig": "search_e1.rounds.ofsd",
+    "Evolver": "search_e1.rounds.evolver",
+    "EvolverConfig": "search_e1.rounds.evolver",
+    "WarmupModule": "search_e1.rounds.warmup",
+    "WarmupConfig": "search_e1.rounds.warmup",
 }
 _SUBMODULES = {
-    "algos", "data", "demo_world", "evaluate", "evolver", "grpo", "metrics", "ofsd", "policy", "protocol",
-    "retrieval", "rewards", "rollout", "warmup",
+    "algos", "data", "demo_world", "metrics", "policy", "protocol", "retrieval", "rewards", "rollout", "rounds",
 }
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 
 if TYPE_CHECKING:  # pragma: no cover
     from search_e1.data import RetrievalDataModule  # noqa: F401
-    from search_e1.evolver import Evolver, EvolverConfig  # noqa: F401
-    from search_e1.grpo import GRPOConfig, GRPOModule  # noqa: F401
     from search_e1.metrics import QAMetric  # noqa: F401
-    from search_e1.ofsd import OFSDConfig, OFSDModule  # noqa: F401
     from search_e1.policy import Policy  # noqa: F401
     from search_e1.protocol import PromptConfig, extract_answer, parse_action  # noqa: F401
     from search_e1.retrieval import DenseRetriever, Passage, Retriever  # noqa: F401
     from search_e1.rewards import exact_match, f1_score, normalize_answer  # noqa: F401
-    from search_e1.rollout import RolloutConfig, Trajectory, rollout  # noqa: F401
-    from search_e1.warmup import WarmupConfig, WarmupModule  # noqa: F401
+    from search_e1.rollout import RolloutConfig, SearchEnv, Trajectory, rollout  # noqa: F401
+    from search_e1.rounds.base import OptimConfig  # noqa: F401
+    from search_e1.rounds.evaluate import evaluate_policy  # noqa: F401
+    from search_e1.rounds.evolver import Evolver, EvolverConfig  # noqa: F401
+    from search_e1.rounds.grpo import GRPOConfig, GRPOModule  # noqa: F401
+    from search_e1.rounds.ofsd import OFSDConfig, OFSDModule  # noqa: F401
+    from search_e1.rounds.warmup import WarmupConfig, WarmupModule  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@
 ``trainer``);
 several ``--config`` files merge in order, dotted flags override them, ``--print_config`` shows the
 result, and unknown keys or wrong types are refused with the key's name. ``trainer.strategy:
-fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy``.
+fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy`` (`STRATEGY_HELP`).
 """
 
 from __future__ import annotations
@@ -22,16 +22,29 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search_e1.retrieval.embedder import EmbedderConfig
 from search_e1.retrieval.index import IndexConfig
+from search_e1.run_config import (
+    RESUME_MAY_CHANGE,
+    check_config_files,
+    config_changes,
+    record_config,
+)
+
+__all__ = ["RESUME_MAY_CHANGE", "check_config_files", "config_changes", "main", "record_config"]
 
 log = logging.getLogger("search_e1")
 
+STRATEGY_HELP = (
+    "How the rounds' Trainers distribute training: 'auto' (one process), 'fsdp' (search-e1's FSDP2: Lightning's "
+    "ModelParallelStrategy with every process on the data-parallel axis; each rank rolls out with its own engine "
+    "and gathers full weights for it), or any Lightning strategy (a name such as 'ddp', or a class). (type: Union[str, "
+    "Strategy], default: auto)")
 FIT_GROUPS = ("policy", "demo_world", "data", "prompt", "rollout", "reward", "warmup", "grpo", "ofsd", "evolver")
 # Trainer arguments the Evolver sets itself for every round
 _TRAINER_OWNED = {
@@ -128,23 +141,23 @@ def fit_parser() -> Any:
     import lightning as L
 
     from search_e1.data import RetrievalDataModule
-    from search_e1.evolver import EvolverConfig
-    from search_e1.grpo import GRPOConfig
-    from search_e1.ofsd import OFSDConfig
     from search_e1.policy import PolicyConfig
     from search_e1.protocol import PromptConfig
     from search_e1.rewards import RewardConfig
     from search_e1.rollout import RolloutConfig
-    from search_e1.warmup import WarmupConfig
+    from search_e1.rounds.evolver import EvolverConfig
+    from search_e1.rounds.grpo import GRPOConfig
+    from search_e1.rounds.ofsd import OFSDConfig
+    from search_e1.rounds.warmup import WarmupConfig
 
     parser = _config_parser("Train a search agent with Search-E1: an optional warm-up, then rounds of GRPO and OFSD.")
     groups = {"policy": PolicyConfig, "demo_world": DemoWorldConfig, "data": RetrievalDataModule,
               "prompt": PromptConfig, "rollout": RolloutConfig, "reward": RewardConfig, "warmup": WarmupConfig,
               "grpo": GRPOConfig, "ofsd": OFSDConfig, "evolver": EvolverConfig}
     for key, cls in groups.items():
-        skip = {"group_size"} if key == "rollout" else None  # each round sets its own group size
-        parser.add_class_arguments(cls, key, sub_configs=True, skip=skip)
+        parser.add_class_arguments(cls, key, sub_configs=True)
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip=_TRAINER_OWNED, sub_configs=True)
+    parser._option_string_actions["--trainer.strategy"].help = STRATEGY_HELP  # Lightning's says nothing of 'fsdp'
     # one logged point per GRPO/OFSD step; rounds are short, so Lightning's default of 50 would hide them
     parser.set_defaults({"trainer.accelerator": "auto", "trainer.devices": 1, "trainer.log_every_n_steps": 1,
                          "trainer.enable_model_summary": False})
@@ -252,84 +265,22 @@ def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
     """Build the run from the config and fit it (`fit_stoppable`)."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from search_e1.evolver import Evolver
     from search_e1.policy import Policy
+    from search_e1.rounds.evolver import Evolver
 
     init, trainer_kwargs = _build(parser, cfg)
     run_dir = Path(init.evolver.run_dir)
     if rank_zero_only.rank == 0:
-        record_config(run_dir, parser.dump(cfg, skip_none=False), init.evolver)
-    return fit_stoppable(lambda: Evolver(Policy.from_config(init.policy), init.data, init.grpo, init.ofsd,
-                                         init.rollout, init.prompt, init.reward, init.evolver, trainer_kwargs,
-                                         warmup=init.warmup), run_dir)
+        record_config(run_dir, parser.dump(cfg, skip_unset=False), init.evolver)
+    return fit_stoppable(lambda: Evolver(Policy.from_config(init.policy), init.data, search_env(init), init.grpo,
+                                         init.ofsd, init.evolver, trainer_kwargs, init.warmup), run_dir)
 
 
-RESUME_MAY_CHANGE = ("config", "evolver.rounds", "evolver.resume", "evolver.accept_config_change",
-                     "evolver.eval_batch_size", "evolver.malloc_mmap_threshold_mb", "rollout.vllm.",
-                     "trainer.enable_progress_bar")
-"""Config keys (or prefixes) a resumed run may change without `evolver.accept_config_change`:
-the schedule's length and settings that do not change what is trained."""
+def search_env(init: Any) -> Any:
+    """The `SearchEnv` of the ``rollout``, ``prompt`` and ``reward`` groups (the retriever is the data module's)."""
+    from search_e1.rollout import SearchEnv
 
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def config_changes(saved: str, new: str) -> list[str]:
-    """``"key: old -> new"`` for every key whose value differs between two dumped configs, except
-    those in `RESUME_MAY_CHANGE`."""
-    import yaml
-
-    old_keys, new_keys = _flatten(yaml.safe_load(saved) or {}), _flatten(yaml.safe_load(new) or {})
-    changed = []
-    for key in sorted(set(old_keys) | set(new_keys)):
-        if key.startswith(RESUME_MAY_CHANGE) or old_keys.get(key) == new_keys.get(key):
-            continue
-        changed.append(f"{key}: {old_keys.get(key)!r} -> {new_keys.get(key)!r}")
-    return changed
-
-
-def record_config(run_dir: Path, dumped: str, evolver: Any) -> None:
-    """Save the run's config once (``config.yaml``). A run that started (its state file exists) and is
-    resumed with a different config is refused with the differing keys, unless
-    ``evolver.accept_config_change``: then the changes are appended to ``config_changes.log``."""
-    import datetime
-
-    from search_e1.errors import UserInputError
-    from search_e1.evolver import STATE_FILE
-
-    path = run_dir / "config.yaml"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if path.exists() and (run_dir / STATE_FILE).exists():
-            if not evolver.resume:  # the Evolver refuses to touch this run: its record stays as it is
-                return
-            changes = config_changes(path.read_text(), dumped)
-            if changes and not evolver.accept_config_change:
-                raise UserInputError(
-                    f"{run_dir} holds a run started with another config ({path}); differing keys:\n  "
-                    + "\n  ".join(changes) + "\nrerun with the same config, choose another evolver.run_dir, "
-                    "or set evolver.accept_config_change true to continue with these changes (recorded)")
-            if changes:
-                stamp = datetime.datetime.now().isoformat(timespec="seconds")
-                with (run_dir / "config_changes.log").open("a") as f:
-                    f.write(f"# {stamp}: resumed with\n" + "".join(f"{c}\n" for c in changes))
-                log.warning("resuming %s with %d config change(s), recorded in config_changes.log", run_dir,
-                            len(changes))
-            return
-        tmp = path.with_name("config.yaml.tmp")
-        tmp.write_text(dumped)
-        tmp.replace(path)
-    except OSError as err:
-        with suppress(OSError):
-            path.with_name("config.yaml.tmp").unlink(missing_ok=True)
-        raise UserInputError(f"evolver.run_dir {run_dir}: cannot write the run's files there "
-                             f"({err.strerror or err})") from None
+    return SearchEnv(None, init.rollout, init.prompt, init.reward)
 
 
 def fit_stoppable(make_evolver: Callable[[], Any], run_dir: Path) -> dict[str, Any]:
@@ -349,16 +300,16 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
     from dataclasses import replace
 
     from search_e1.errors import UserInputError
-    from search_e1.evaluate import evaluate_policy
     from search_e1.policy import Policy
-    from search_e1.rollout import check_prompt_fits
+    from search_e1.rounds.evaluate import evaluate_policy
 
     if cfg.max_questions < 0:
         raise UserInputError(f"--max_questions must be >= 0 (0 = all), got {cfg.max_questions}")
     init, _ = _build(parser, cfg)
     policy_cfg = replace(init.policy, path=cfg.ckpt) if cfg.ckpt else init.policy
     policy = Policy.from_config(policy_cfg)
-    check_prompt_fits(policy.tokenizer, init.prompt, init.rollout)
+    env = search_env(init)
+    env.check_prompt_fits(policy.tokenizer)
     dm = init.data
     dm.setup("test" if cfg.split == "test" else "validate")
     examples = dm.examples(cfg.split)
@@ -367,8 +318,8 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
         per_file.setdefault(ex.data_source, []).append(ex)
     if cfg.max_questions:
         per_file = {k: v[: cfg.max_questions] for k, v in per_file.items()}
-    results = evaluate_policy(policy, dm.retriever, [e for v in per_file.values() for e in v], init.rollout,
-                              init.prompt, init.reward, init.evolver.eval_batch_size)
+    results = evaluate_policy(policy, env.with_retriever(dm.retriever), [e for v in per_file.values() for e in v],
+                              init.evolver.eval_batch_size)
     _print_table(results, f"{cfg.split} ({policy_cfg.path})")
     return results
 
@@ -396,35 +347,6 @@ def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
         table.add_row(name, f"{int(r['n'])}", f"{r['em']:.3f}", f"{r['f1']:.3f}", f"{r['searches']:.2f}",
                       f"{r['tokens']:.1f}")
     Console().print(table)
-
-
-def check_config_files(args: list[str]) -> None:
-    """Read every ``--config`` file of ``args`` first, so that a missing file, bad YAML, an empty
-    file or one that is not a mapping is reported naming the file (`UserInputError`)."""
-    import yaml
-
-    from search_e1.errors import UserInputError
-
-    paths = [b for a, b in zip(args, args[1:], strict=False) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserInputError(f"--config {path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
-        try:
-            tree = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            what = getattr(err, "problem", None) or str(err)
-            raise UserInputError(f"--config {path}: invalid YAML{where}: {what}") from None
-        if tree is None:
-            raise UserInputError(f"--config {path}: the file is empty; expected a mapping of groups "
-                                 "(policy:, data:, rollout:, ...)")
-        if not isinstance(tree, dict):
-            raise UserInputError(f"--config {path}: expected a mapping of groups (policy:, data:, rollout:, ...), "
-                                 f"got a {type(tree).__name__}")
 
 
 def quiet_console() -> None:

@@ -1,4 +1,4 @@
-"""Oracle demonstrations of the demo world's training questions, for the warm-up (`search_e1.warmup`).
+"""Oracle demonstrations of the demo world's training questions, for the warm-up (`search_e1.rounds.warmup`).
 
 Each training question gets one demonstration of the ideal search path, as chat messages that start
 at the first assistant turn (the warm-up builds the prompt exactly as the rollout does)::

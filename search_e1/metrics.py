@@ -23,12 +23,13 @@ from search_e1.rewards import exact_match, f1_score
 
 
 class QAMetric(Metric):
-    """Mean exact match and token F1 over questions (fractions in [0, 1]; NaN before any update).
+    """Mean exact match and token F1 over questions (fractions in [0, 1]), and the mean searches and
+    sampled tokens per answer when the rollout gives them (NaN before any update).
 
     >>> m = QAMetric()
-    >>> m.update(["An apple.", None], [["apple"], ["pear"]])
+    >>> m.update(["An apple.", None], [["apple"], ["pear"]], searches=[1, 3], tokens=[20, 40])
     >>> {k: round(v.item(), 3) for k, v in m.compute().items()}
-    {'em': 0.5, 'f1': 0.5}
+    {'em': 0.5, 'f1': 0.5, 'searches': 2.0, 'tokens': 30.0}
     """
 
     is_differentiable = False
@@ -37,32 +38,33 @@ class QAMetric(Metric):
 
     em_sum: Tensor
     f1_sum: Tensor
+    searches_sum: Tensor
+    tokens_sum: Tensor
     total: Tensor
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         # scalar sums; float64 so that long evaluations do not lose precision
-        self.add_state(
-            "em_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
-        )
-        self.add_state(
-            "f1_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
-        )
+        for name in ("em_sum", "f1_sum", "searches_sum", "tokens_sum"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(
-        self, predictions: Sequence[str | None], golden_answers: Sequence[Sequence[str] | str]
+        self, predictions: Sequence[str | None], golden_answers: Sequence[Sequence[str] | str],
+        searches: Sequence[float] | None = None, tokens: Sequence[float] | None = None,
     ) -> None:
-        """Add one batch: ``predictions[i]`` (None when no answer) against ``golden_answers[i]``."""
-        if len(predictions) != len(golden_answers):
-            raise ValueError(
-                f"QAMetric.update: {len(predictions)} predictions but {len(golden_answers)} gold lists"
-            )
-        self.em_sum += sum(
-            exact_match(p, g) for p, g in zip(predictions, golden_answers, strict=True)
-        )
+        """Add one batch: ``predictions[i]`` (None when no answer) against ``golden_answers[i]``, with
+        the searches and sampled tokens of each answer's trajectory (optional)."""
+        n = len(predictions)
+        if len(golden_answers) != n or any(x is not None and len(x) != n for x in (searches, tokens)):
+            raise ValueError(f"QAMetric.update: {n} predictions but {len(golden_answers)} gold lists"
+                             + ("" if searches is None else f", {len(searches)} search counts")
+                             + ("" if tokens is None else f", {len(tokens)} token counts"))
+        self.em_sum += sum(exact_match(p, g) for p, g in zip(predictions, golden_answers, strict=True))
         self.f1_sum += sum(f1_score(p, g) for p, g in zip(predictions, golden_answers, strict=True))
-        self.total += len(predictions)
+        self.searches_sum += float(sum(searches or ()))
+        self.tokens_sum += float(sum(tokens or ()))
+        self.total += n
 
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
         """Add another instance's (or a dict of) states, e.g. gathered from other ranks.
@@ -73,6 +75,7 @@ class QAMetric(Metric):
         self._computed = None
 
     def compute(self) -> dict[str, Tensor]:
-        """``{"em": mean EM, "f1": mean F1}`` over all questions seen (0-d float64 tensors)."""
+        """Means over all questions seen (0-d float64 tensors): ``em``, ``f1``, ``searches``, ``tokens``."""
         total = self.total.to(torch.float64)
-        return {"em": self.em_sum / total, "f1": self.f1_sum / total}
+        return {"em": self.em_sum / total, "f1": self.f1_sum / total, "searches": self.searches_sum / total,
+                "tokens": self.tokens_sum / total}

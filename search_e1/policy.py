@@ -306,6 +306,36 @@ class Policy(nn.Module):
             entropy = entropy * loss_mask if entropy is not None else None
         return logprobs, entropy
 
+    # ---------------------------------------------------------------- checkpoints
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save the (possibly FSDP-sharded) model and the tokenizer as a Hugging Face directory,
+        atomically (written to ``<path>.tmp``, then renamed over ``path``) by rank 0. A write error
+        (full disk, read-only directory) is a `UserInputError` naming ``path``; no ``.tmp`` is left."""
+        from search_e1.distributed import full_state_dict, is_distributed
+        from search_e1.errors import writing
+
+        path = Path(path)
+        state = full_state_dict(self.model)
+        if is_distributed() and torch.distributed.get_rank() != 0:
+            torch.distributed.barrier()
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        with writing(path, tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp, state_dict=state)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        if is_distributed():
+            torch.distributed.barrier()
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load the weights of a `save_pretrained` directory into this (unsharded) model in place, so
+        every module holding the policy sees them; a missing ``lm_head`` (tied embeddings) is accepted.
+        A checkpoint of another architecture is one `UserInputError` line, not a list of mismatches."""
+        load_weights(self.model, Path(path))
+        self.mark_weights_changed()
+
     def reference(self) -> Policy:
         """A frozen deep copy (eval mode, no grad) for the KL term to a reference policy."""
         ref = Policy(copy.deepcopy(self.model), self.tokenizer)
@@ -361,3 +391,28 @@ def logprobs_from_logits(
     logprobs = torch.cat(lps).reshape(targets.shape) if lps else flat.new_zeros(targets.shape)
     entropy = torch.cat(ents).reshape(targets.shape) if with_entropy and ents else None
     return logprobs, entropy
+
+
+def load_weights(model: nn.Module, ckpt: Path) -> None:
+    """`Policy.load_weights` for a bare model: the safetensors files of ``ckpt`` into ``model``."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(ckpt).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"cannot resume: {ckpt} holds no weights")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in weights and "lm_head" not in k]
+    unexpected = [k for k in weights if k not in own]
+    if mismatched or missing or unexpected:
+        first = mismatched[0] if mismatched else None
+        detail = (f"{len(mismatched)} tensors of another shape (first: {first} {tuple(weights[first].shape)} in "
+                  f"the checkpoint, {tuple(own[first].shape)} in the policy)" if first else
+                  f"{len(missing)} tensors missing, {len(unexpected)} unexpected (first: "
+                  f"{(missing + unexpected)[0]})")
+        raise UserInputError(f"checkpoint {ckpt} does not fit the policy: {detail}; was the run started with "
+                             "another policy.path?")
+    model.load_state_dict(weights, strict=False)

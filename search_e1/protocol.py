@@ -228,8 +228,12 @@ class PromptConfig:
     """Environment text inserted after an invalid action."""
     final_turn_note: str = FINAL_TURN_NOTE
     """Environment text telling the policy that its next turn is the last one and must answer."""
+    preset: str | None = None
+    """Named instruction + examples: zero_shot (Search-R1 style) or few_shot (two worked examples); None = the fields above."""
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            self._apply_preset()
         if "{question}" not in self.instruction:
             raise ValueError("PromptConfig.instruction must contain the placeholder '{question}'")
         for name in ("invalid_feedback", "final_turn_note"):
@@ -253,6 +257,17 @@ class PromptConfig:
                 )
             if not isinstance(turn["content"], str):
                 raise ValueError(f"PromptConfig.few_shot[{i}].content must be a string")
+
+
+    def _apply_preset(self) -> None:
+        """Fill ``instruction`` and ``few_shot`` from the preset (rendered in this ``info_format``)."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"PromptConfig.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        base = PRESETS[self.preset](self.info_format)
+        if (self.instruction, self.few_shot) not in ((ZERO_SHOT_INSTRUCTION, []), (base.instruction, base.few_shot)):
+            raise ValueError(f"PromptConfig: preset {self.preset!r} sets instruction and few_shot; give either a "
+                             "preset or your own instruction / few_shot, not both")
+        self.instruction, self.few_shot = base.instruction, base.few_shot
 
 
 def render_instruction(question: str, cfg: PromptConfig) -> str:

@@ -23,12 +23,13 @@ def main(out: Path, warmup: bool = False) -> None:
     from transformers import AutoTokenizer
 
     from search_e1 import Evolver, RetrievalDataModule
-    from search_e1.evolver import EvolverConfig
-    from search_e1.grpo import GRPOConfig
-    from search_e1.ofsd import OFSDConfig
     from search_e1.policy import embedded_model_dir
-    from search_e1.rollout import RolloutConfig
-    from search_e1.warmup import WarmupConfig
+    from search_e1.rollout import RolloutConfig, SearchEnv
+    from search_e1.rounds.base import OptimConfig
+    from search_e1.rounds.evolver import EvolverConfig
+    from search_e1.rounds.grpo import GRPOConfig
+    from search_e1.rounds.ofsd import OFSDConfig
+    from search_e1.rounds.warmup import WarmupConfig
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,14 +40,13 @@ def main(out: Path, warmup: bool = False) -> None:
     initial = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
     evolver = Evolver(
         policy, dm,
-        grpo=GRPOConfig(group_size=4, lr=5e-3, micro_batch_size=2, kl_coef=0.01),
-        ofsd=OFSDConfig(group_size=4, num_questions=3, lr=5e-3, batch_size=2, micro_batch_size=1, kl_eval_examples=2),
-        rollout=RolloutConfig(max_turns=2, max_new_tokens=12, topk=1, generation_batch_size=3),
+        grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=2, kl_coef=0.01),
+        ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1, kl_eval_examples=2),
+        env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1, generation_batch_size=3), generator_factory=scripted_factory),
         config=EvolverConfig(run_dir=str(out / "run"), rounds=1, grpo_steps=2, ofsd_steps=2, eval_batch_size=2),
         trainer={"accelerator": "cpu", "devices": 2, "strategy": "fsdp", "enable_progress_bar": False,
                  "enable_model_summary": False},
-        generator_factory=scripted_factory,
-        warmup=WarmupConfig(demonstrations=write_demonstrations(out / "demos.jsonl", 4, "t"), steps=2, lr=5e-3,
+        warmup=WarmupConfig(demonstrations=write_demonstrations(out / "demos.jsonl", 4, "t"), steps=2, optim=OptimConfig(lr=5e-3),
                             batch_size=2, micro_batch_size=1) if warmup else None,
     )
     state = evolver.fit()

@@ -35,12 +35,13 @@ def main(work: Path, point: str) -> None:
 
     from search_e1 import Evolver, RetrievalDataModule
     from search_e1.cli import fit_stoppable
-    from search_e1.evolver import EvolverConfig
-    from search_e1.grpo import GRPOConfig, GRPOModule
-    from search_e1.ofsd import OFSDConfig, OFSDModule
-    from search_e1.policy import embedded_model_dir
-    from search_e1.rollout import RolloutConfig
-    from search_e1.warmup import WarmupConfig, WarmupModule
+    from search_e1.policy import Policy, embedded_model_dir
+    from search_e1.rollout import RolloutConfig, SearchEnv
+    from search_e1.rounds.base import OptimConfig
+    from search_e1.rounds.evolver import EvolverConfig
+    from search_e1.rounds.grpo import GRPOConfig, GRPOModule
+    from search_e1.rounds.ofsd import OFSDConfig, OFSDModule
+    from search_e1.rounds.warmup import WarmupConfig, WarmupModule
 
     sig = signal.SIGTERM if point.startswith("term:") else signal.SIGKILL
     point = point.removeprefix("term:")
@@ -57,7 +58,7 @@ def main(work: Path, point: str) -> None:
         module.training_step = step
 
     evaluating: list[str] = []
-    evaluate_fn, evaluate_round, save_policy = Evolver.evaluate, Evolver._evaluate, Evolver.save_policy
+    evaluate_fn, evaluate_round, save_pretrained = Evolver.evaluate, Evolver._evaluate, Policy.save_pretrained
 
     def _evaluate(self, round_):
         evaluating.append(str(round_))
@@ -75,11 +76,11 @@ def main(work: Path, point: str) -> None:
             tmp.mkdir(parents=True, exist_ok=True)
             (tmp / "model.safetensors").write_bytes(b"half")
             die()
-        save_policy(self, path)
+        save_pretrained(self, path)
         if point == f"saved:{path.name}":
             die()
 
-    Evolver._evaluate, Evolver.evaluate, Evolver.save_policy = _evaluate, evaluate, save
+    Evolver._evaluate, Evolver.evaluate, Policy.save_pretrained = _evaluate, evaluate, save
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     dm = RetrievalDataModule(train_files=write_qa(work / "train.jsonl", 6, "t"),
@@ -90,17 +91,16 @@ def main(work: Path, point: str) -> None:
     def make() -> Evolver:
         return Evolver(
             make_tiny_policy(tokenizer), dm,
-            grpo=GRPOConfig(group_size=4, lr=5e-3, micro_batch_size=4, kl_coef=0.01, log_text_every=1),
-            ofsd=OFSDConfig(group_size=4, num_questions=3, lr=5e-3, batch_size=2, micro_batch_size=1,
+            grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.01, log_text_every=1),
+            ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1,
                             kl_eval_examples=2),
-            rollout=RolloutConfig(max_turns=2, max_new_tokens=12, topk=1),
+            env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1), generator_factory=scripted_factory),
             config=EvolverConfig(run_dir=str(work / "run"), rounds=2, grpo_steps=2, ofsd_steps=2,
                                  eval_batch_size=4),
             trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
                      "enable_model_summary": False},
-            generator_factory=scripted_factory,
             warmup=WarmupConfig(demonstrations=write_demonstrations(work / "demos.jsonl", 4, "t"), steps=2,
-                                lr=5e-3, batch_size=2, micro_batch_size=1),
+                                optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1),
         )
 
     fit_stoppable(make, work / "run")

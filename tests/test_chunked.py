@@ -12,7 +12,7 @@ import copy
 import torch
 
 from search_e1.algos import get_distill_loss, make_teacher_targets
-from search_e1.ofsd import chunked_distill, response_logits
+from search_e1.rounds.ofsd import chunked_distill
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -80,8 +80,8 @@ def test_chunked_distillation_equals_whole_response(tiny_policy):
         policy.zero_grad()
         r = batch["response_mask"].shape[1]
         with torch.no_grad():
-            teacher = response_logits(policy, batch["teacher_ids"], batch["teacher_mask"], r)  # [B, R, V]
-        student = response_logits(policy, batch["student_ids"], batch["student_mask"], r)  # [B, R, V]
+            teacher = policy(batch["teacher_ids"], batch["teacher_mask"], r + 1)[:, :-1]  # [B, R, V]
+        student = policy(batch["student_ids"], batch["student_mask"], r + 1)[:, :-1]  # [B, R, V]
         targets = make_teacher_targets(teacher, topk=topk or None, temperature=1.5)
         ref = get_distill_loss(loss)(student, targets, batch["response_mask"])  # [B, R]
         ref.sum().backward()

@@ -58,9 +58,9 @@ def test_every_config_instantiates(path, monkeypatch):
     init = _instantiate(subs[name], cfg[name])
     if name == "fit":
         from search_e1.data import RetrievalDataModule
-        from search_e1.evolver import EvolverConfig
-        from search_e1.grpo import GRPOConfig
-        from search_e1.ofsd import OFSDConfig
+        from search_e1.rounds.evolver import EvolverConfig
+        from search_e1.rounds.grpo import GRPOConfig
+        from search_e1.rounds.ofsd import OFSDConfig
 
         assert isinstance(init.data, RetrievalDataModule) and isinstance(init.evolver, EvolverConfig)
         assert isinstance(init.grpo, GRPOConfig) and isinstance(init.ofsd, OFSDConfig)
@@ -90,7 +90,7 @@ def test_configs_merge_in_order_and_dotted_flags_win(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--grpo.no_such_knob", "1"], "grpo.no_such_knob"),
-    (["--grpo.lr", "fast"], "grpo.lr"),
+    (["--grpo.optim.lr", "fast"], "grpo.optim.lr"),
     (["--rollout.max_turns", "2.5"], "rollout.max_turns"),
 ])
 def test_unknown_keys_and_wrong_types_are_named(argv, needle, capsys):

@@ -18,14 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from search_e1 import data
 from search_e1.data import (
     QADataError,
     QAExample,
     RetrievalDataModule,
     collate_questions,
+    datamodule,
     load_qa,
     question_from_prompt,
+    readers,
 )
 from search_e1.retrieval.base import Passage
 
@@ -247,7 +248,7 @@ def test_parquet_single_string_target(tmp_path: Path) -> None:
 def test_answers_accept_numpy_arrays() -> None:
     np = pytest.importorskip("numpy")
     # pandas-read Search-R1 files hold ground_truth.target as a numpy object array
-    assert data._as_answers(np.array(["a", "b"], dtype=object), "f", "col") == ("a", "b")
+    assert readers._as_answers(np.array(["a", "b"], dtype=object), "f", "col") == ("a", "b")
 
 
 def test_parquet_missing_answer_columns_names_them(tmp_path: Path) -> None:
@@ -321,7 +322,7 @@ def build_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
         calls.append((config, progress))
         return FakeRetriever()
 
-    monkeypatch.setattr(data, "_build_retriever", fake_build)
+    monkeypatch.setattr(datamodule, "_build_retriever", fake_build)
     return calls
 
 
@@ -346,8 +347,8 @@ def test_setup_builds_retriever_once(
     files: dict[str, Path], build_calls: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded: list[str] = []
-    real_load_qa = data.load_qa
-    monkeypatch.setattr(data, "load_qa", lambda path: loaded.append(path) or real_load_qa(path))
+    real_load_qa = readers.load_qa
+    monkeypatch.setattr(datamodule, "load_qa", lambda path: loaded.append(path) or real_load_qa(path))
     dm = RetrievalDataModule(
         train_files=str(files["nq"]), test_files=[str(files["nq"])], retriever=CONFIG
     )

@@ -12,11 +12,12 @@ from conftest import make_tiny_policy
 from scripted import EchoRetriever, ScriptedTurns, scripted_factory, write_demonstrations, write_qa
 
 from search_e1 import Evolver, RetrievalDataModule
-from search_e1.evolver import EvolverConfig
-from search_e1.grpo import GRPOConfig
-from search_e1.ofsd import OFSDConfig
-from search_e1.rollout import RolloutConfig
-from search_e1.warmup import WarmupConfig, WarmupModule
+from search_e1.rollout import RolloutConfig, SearchEnv
+from search_e1.rounds.base import OptimConfig
+from search_e1.rounds.evolver import EvolverConfig
+from search_e1.rounds.grpo import GRPOConfig
+from search_e1.rounds.ofsd import OFSDConfig
+from search_e1.rounds.warmup import WarmupConfig, WarmupModule
 
 GRPO_TAGS = {"reward_mean", "em", "mixed_group_frac", "searches_mean", "response_length", "kl", "clip_frac",
              "entropy", "grad_norm", "lr", "pg_loss"}
@@ -44,13 +45,13 @@ def make_evolver(tmp_path, smol_tokenizer, rounds: int, cls=RecordingEvolver, wa
     dm.set_retriever(EchoRetriever())
     return cls(
         make_tiny_policy(smol_tokenizer), dm,
-        grpo=GRPOConfig(group_size=4, lr=5e-3, micro_batch_size=4, kl_coef=0.01, log_text_every=1),
-        ofsd=OFSDConfig(group_size=4, num_questions=3, lr=5e-3, batch_size=2, micro_batch_size=1, kl_eval_examples=2),
-        rollout=RolloutConfig(max_turns=2, max_new_tokens=12, topk=1),
+        grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.01, log_text_every=1),
+        ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1, kl_eval_examples=2),
+        env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1), generator_factory=scripted_factory),
         config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=rounds, grpo_steps=2, ofsd_steps=2,
                              eval_batch_size=4),
         trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        generator_factory=scripted_factory, warmup=warmup,
+        warmup=warmup,
     )
 
 
@@ -119,7 +120,7 @@ def test_resume_continues_with_the_next_round(tmp_path, smol_tokenizer):
 
 
 def test_grpo_requires_reference_when_kl_is_on(smol_tokenizer):
-    from search_e1.grpo import GRPOModule
+    from search_e1.rounds.grpo import GRPOModule
 
     with pytest.raises(ValueError, match="reference"):
         GRPOModule(make_tiny_policy(smol_tokenizer), config=GRPOConfig(kl_coef=0.1))
@@ -203,7 +204,7 @@ def test_finished_run_is_not_overwritten(tmp_path, smol_tokenizer, caplog):
 
 # ---------------------------------------------------------------- the warm-up phase
 def warmup_config(tmp_path) -> WarmupConfig:
-    return WarmupConfig(demonstrations=write_demonstrations(tmp_path / "demos.jsonl", 4, "t"), steps=2, lr=5e-3,
+    return WarmupConfig(demonstrations=write_demonstrations(tmp_path / "demos.jsonl", 4, "t"), steps=2, optim=OptimConfig(lr=5e-3),
                         batch_size=2, micro_batch_size=1)
 
 
@@ -322,18 +323,18 @@ def test_empty_ofsd_round_says_why_and_raises_no_lightning_warning(tmp_path, smo
 
     import lightning as L
 
-    from search_e1.ofsd import OFSDModule
+    from search_e1.rounds.ofsd import OFSDModule
 
     wrong = ("<answer> Bexley </answer>",)
     policy = make_tiny_policy(smol_tokenizer)
-    module = OFSDModule(policy, EchoRetriever(), [("Where is item a?", ["Talmor"])] * 2, steps=2,
-                        config=OFSDConfig(group_size=3, num_questions=2, batch_size=2),
-                        rollout_config=RolloutConfig(max_turns=2, max_new_tokens=12, topk=1),
-                        generator_factory=lambda p, c: ScriptedTurns(p, c, texts=wrong))
+    env = SearchEnv(EchoRetriever(), RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1),
+                    generator_factory=lambda p, c: ScriptedTurns(p, c, texts=wrong))
+    module = OFSDModule(policy, env, [("Where is item a?", ["Talmor"])] * 2, steps=2,
+                        config=OFSDConfig(group_size=3, num_questions=2, batch_size=2))
     before = [p.detach().clone() for p in policy.parameters()]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="search_e1.ofsd"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="search_e1.rounds.ofsd"):
         warnings.simplefilter("always")
         trainer.fit(module)
     assert not [w for w in caught if "zero" in str(w.message).lower()]
@@ -345,7 +346,7 @@ def test_empty_ofsd_round_says_why_and_raises_no_lightning_warning(tmp_path, smo
 def test_ofsd_round_makes_at_most_max_epochs_passes(smol_tokenizer):
     """3 examples, 4 steps of 2: one pass (batches of 2 and 1), not 8 repeats of 3 examples;
     max_epochs 2 gives 6 examples in 3 batches."""
-    from search_e1.ofsd import DistillExample, OFSDModule
+    from search_e1.rounds.ofsd import DistillExample, OFSDModule
 
     examples = [DistillExample([1, 2, 3], [4, 1, 2, 3], [1.0]) for _ in range(3)]
     for epochs, sizes in ((1.0, [2, 1]), (2.0, [2, 2, 2])):
@@ -392,3 +393,47 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_leaves_no_tmp(tmp_path, sm
         evolver.fit()
     assert not list(run.rglob("*.tmp"))
     assert json.loads((run / "evolver_state.json").read_text())["warmup"] == "started"
+
+
+class CountingRetriever(EchoRetriever):
+    """`EchoRetriever` that counts the queries it answered (behind the HTTP service)."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def search(self, queries, topk):
+        self.queries += len(queries)
+        return super().search(queries, topk)
+
+
+def test_a_run_with_an_http_retriever_trains_against_search_e1_serve(tmp_path, smol_tokenizer):
+    """``data.retriever.kind: http``: the data module builds a client of a running ``search-e1 serve``
+    and a whole round (GRPO, OFSD, evaluations) searches through it."""
+    from search_e1.retrieval.dense import RetrieverConfig
+    from search_e1.retrieval.service import ServeConfig, serve_in_thread
+
+    backend = CountingRetriever()
+    with serve_in_thread(backend, ServeConfig(port=0)) as running:
+        dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 6, "t"),
+                                 val_files=write_qa(tmp_path / "val.jsonl", 3, "v"), batch_size=2,
+                                 retriever=RetrieverConfig(kind="http", http={"url": running.url, "timeout_s": 10.0}))
+        torch.manual_seed(0)
+        evolver = RecordingEvolver(
+            make_tiny_policy(smol_tokenizer), dm,
+            env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1),
+                          generator_factory=scripted_factory),
+            grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.0),
+            ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2,
+                            micro_batch_size=1, kl_eval_examples=2),
+            config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=1, grpo_steps=2, ofsd_steps=2, eval_batch_size=4),
+            trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        )
+        state = evolver.fit()
+    assert type(evolver.env.retriever).__name__ == "HTTPRetriever"
+    assert state["round"] == 2 and state["checkpoint"] == "round_1"
+    initial, after_grpo, after_ofsd = evolver.snapshots
+    assert max((x - y).abs().max().item() for x, y in zip(initial, after_grpo, strict=True)) > 1e-4
+    assert max((x - y).abs().max().item() for x, y in zip(after_grpo, after_ofsd, strict=True)) > 1e-4
+    rows = list(csv.DictReader((tmp_path / "run" / "val_table.csv").open()))
+    assert [r["round"] for r in rows] == ["0", "1"]
+    assert backend.queries > 0  # every search went over HTTP to the service's retriever

@@ -28,7 +28,7 @@ def test_values_match_hand_derived() -> None:
     metric = QAMetric()
     metric.update(PREDS, GOLDS)
     out = metric.compute()
-    assert set(out) == {"em", "f1"}
+    assert set(out) == {"em", "f1", "searches", "tokens"}
     assert out["em"].item() == pytest.approx(EXPECTED_EM, abs=1e-12)
     assert out["f1"].item() == pytest.approx(EXPECTED_F1, abs=1e-12)
 
@@ -65,6 +65,17 @@ def test_single_string_gold_and_empty_batch() -> None:
 def test_length_mismatch_raises() -> None:
     with pytest.raises(ValueError, match="2 predictions but 1 gold"):
         QAMetric().update(["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match="2 predictions but 2 gold lists, 1 search counts"):
+        QAMetric().update(["a", "b"], [["a"], ["b"]], searches=[1])
+
+
+def test_searches_and_tokens_are_means_per_question() -> None:
+    metric = QAMetric()
+    metric.update(PREDS[:2], GOLDS[:2], searches=[0, 3], tokens=[10, 31])
+    metric.update(PREDS[2:3], GOLDS[2:3], searches=[2], tokens=[4])
+    out = metric.compute()
+    assert out["searches"].item() == pytest.approx(5 / 3, abs=1e-12)
+    assert out["tokens"].item() == pytest.approx(45 / 3, abs=1e-12)
 
 
 def test_compute_before_update_is_nan() -> None:
@@ -76,7 +87,7 @@ def test_compute_before_update_is_nan() -> None:
 def test_states_reduce_by_sum() -> None:
     metric = QAMetric()
     assert metric.full_state_update is False
-    for name in ("em_sum", "f1_sum", "total"):
+    for name in ("em_sum", "f1_sum", "searches_sum", "tokens_sum", "total"):
         assert metric._reductions[name] is not None  # synced across ranks
     assert metric.em_sum.dtype == torch.float64
 
@@ -105,5 +116,5 @@ def test_merge_from_state_dict() -> None:
     a, b = QAMetric(), QAMetric()
     a.update(PREDS[:3], GOLDS[:3])
     b.update(PREDS[3:], GOLDS[3:])
-    a.merge_state({"em_sum": b.em_sum, "f1_sum": b.f1_sum, "total": b.total})
+    a.merge_state({name: getattr(b, name) for name in ("em_sum", "f1_sum", "searches_sum", "tokens_sum", "total")})
     assert a.compute()["f1"].item() == pytest.approx(EXPECTED_F1, abs=1e-12)

@@ -27,13 +27,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from search_e1.retrieval import Passage, Retriever
+from search_e1.retrieval.batcher import MicroBatcher
 from search_e1.retrieval.http import (
     HTTPRetriever,
     HTTPRetrieverConfig,
     RetrievalServiceError,
 )
 from search_e1.retrieval.service import (
-    MicroBatcher,
     ServeConfig,
     ServiceThread,
     create_app,
@@ -251,6 +251,30 @@ def test_slow_search_gives_504() -> None:
         response = post(running.url, {"queries": ["ada"]})
     assert response.status_code == 504
     assert "request_timeout_s" in response.json()["detail"]
+
+
+def test_a_request_whose_client_went_away_is_not_searched() -> None:
+    """A search is running (0.6 s); a second client sends its request and disconnects while it waits
+    for the next batch: its queries never reach the retriever, /health counts it, and the service
+    answers the next request."""
+    fake = FakeRetriever(delay_s=0.6)
+    with serve_in_thread(fake, ServeConfig(port=0)) as running:
+        first = threading.Thread(target=post, args=(running.url, {"queries": ["ada"]}))
+        first.start()
+        time.sleep(0.2)  # the first search runs now
+        host, port = running.url.removeprefix("http://").split(":")
+        body = json.dumps({"queries": ["gone client"]}).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.1)  # the request is read and waits behind the running search
+        first.join()
+        time.sleep(0.3)
+        health = httpx.get(running.url + "/health", timeout=5.0).json()
+        assert_still_up(running.url)
+    searched = [q for queries, _ in fake.calls for q in queries]
+    assert "ada" in searched and "gone client" not in searched
+    assert health["abandoned_requests"] == 1
 
 
 def test_config_validation_names_the_field() -> None:

@@ -73,10 +73,10 @@ def test_state_machine_and_loss_mask(tiny_policy, info_format):
         ["<search> three </search>"],
     ]
     retriever = FakeRetriever()
-    cfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=64, topk=2)
+    cfg = RolloutConfig(max_turns=3, max_new_tokens=64, passages_per_search=2)
     traj = rollout(
         tiny_policy, retriever, ["Where was Ada born?"], [["Talmor"]], cfg,
-        prompt=PromptConfig(info_format=info_format), generator=ScriptedGenerator(tok, script),
+        prompt=PromptConfig(info_format=info_format), generator=ScriptedGenerator(tok, script), group_size=3,
     )
     assert len(traj) == 3 and traj.group_ids.tolist() == [0, 0, 0]
     # one batched retrieval per turn with every pending query
@@ -111,16 +111,16 @@ def test_state_machine_and_loss_mask(tiny_policy, info_format):
 def test_eos_budget_and_context_limit(tiny_policy):
     tok = tiny_policy.tokenizer
     script = [["I am done<|im_end|>", "<search> " + "word " * 40 + "</search>"]]
-    cfg = RolloutConfig(group_size=2, max_turns=3, max_new_tokens=10, topk=1)
+    cfg = RolloutConfig(max_turns=3, max_new_tokens=10, passages_per_search=1)
     traj = rollout(tiny_policy, FakeRetriever(), ["Q?"], [["x"]], cfg,
-                   generator=ScriptedGenerator(tok, script + [["x"], ["y"]]))
+                   generator=ScriptedGenerator(tok, script + [["x"], ["y"]]), group_size=2)
     # row 0 ended on EOS; row 1 was cut by the 10-token budget -> invalid -> feedback, then two
     # more one-token invalid turns: 10 + 1 + 1 sampled tokens, ended by the turn limit
     assert traj.finish_reasons == ["eos", "max_turns"]
     assert int(traj.loss_mask[1].sum()) == 10 + 1 + 1 and traj.num_turns.tolist() == [1, 3]
     assert "Invalid action" in _env_text(traj, 1, tok)
     prompt_len = int(traj.prompt_lengths[0])
-    limit = RolloutConfig(group_size=1, max_turns=4, max_new_tokens=64, max_total_tokens=prompt_len + 8)
+    limit = RolloutConfig(max_turns=4, max_new_tokens=64, max_total_tokens=prompt_len + 8)
     traj = rollout(tiny_policy, FakeRetriever(), ["Q?"], [["x"]], limit,
                    generator=ScriptedGenerator(tok, [["<search> q </search>"]]))
     assert traj.finish_reasons == ["max_total_tokens"] and traj.num_searches.tolist() == [0]
@@ -175,10 +175,10 @@ def _forced_generator(policy, texts: list[str], temperature: float = 1.0) -> HFT
 @pytest.mark.parametrize("info_format", ["inline", "turn"])
 def test_rollout_logprobs_match_teacher_forced_pass(tiny_policy, info_format):
     texts = ["<think>hm</think> <search> alpha beta </search>", "<think>ok</think> <answer> Talmor </answer>"]
-    cfg = RolloutConfig(group_size=2, max_turns=3, max_new_tokens=32, topk=2, temperature=0.7)
+    cfg = RolloutConfig(max_turns=3, max_new_tokens=32, passages_per_search=2, temperature=0.7)
     traj = rollout(tiny_policy, FakeRetriever(), ["Where?", "Who wrote it, really?"], [["Talmor"], ["x"]],
                    cfg, prompt=PromptConfig(info_format=info_format),
-                   generator=_forced_generator(tiny_policy, texts, temperature=0.7))
+                   generator=_forced_generator(tiny_policy, texts, temperature=0.7), group_size=2)
     assert traj.num_searches.tolist() == [1, 1, 1, 1] and traj.rewards.tolist() == [1, 1, 0, 0]
     with torch.no_grad():
         tf, _ = tiny_policy.token_logprobs(traj.input_ids, traj.attention_mask, traj.loss_mask,
@@ -191,8 +191,8 @@ def test_rollout_logprobs_match_teacher_forced_pass(tiny_policy, info_format):
 def test_sampled_rollout_logprobs_match_teacher_forced_pass(tiny_policy):
     """Free sampling (no forcing) from the random model: mostly invalid turns with feedback."""
     torch.manual_seed(1)
-    cfg = RolloutConfig(group_size=3, max_turns=2, max_new_tokens=12)
-    traj = rollout(tiny_policy, FakeRetriever(), ["A?", "B?"], [["a"], ["b"]], cfg)
+    cfg = RolloutConfig(max_turns=2, max_new_tokens=12)
+    traj = rollout(tiny_policy, FakeRetriever(), ["A?", "B?"], [["a"], ["b"]], cfg, group_size=3)
     with torch.no_grad():
         tf, _ = tiny_policy.token_logprobs(traj.input_ids, traj.attention_mask, traj.loss_mask)
     mask = traj.loss_mask.bool()
@@ -207,9 +207,9 @@ def test_embedded_policy_with_dense_retriever(embedded_policy, demo_retriever, d
     """SmolLM2 + MiniLM over a tiny generated world, few-shot prompt with information turns."""
     torch.manual_seed(0)
     qs = demo_questions[:2]
-    cfg = RolloutConfig(group_size=3, max_turns=3, max_new_tokens=48, max_info_tokens=120)
+    cfg = RolloutConfig(max_turns=3, max_new_tokens=48, max_info_tokens=120)
     traj = rollout(embedded_policy, demo_retriever, [q["question"] for q in qs],
-                   [q["golden_answers"] for q in qs], cfg, prompt=few_shot_preset("turn"))
+                   [q["golden_answers"] for q in qs], cfg, prompt=few_shot_preset("turn"), group_size=3)
     tok = embedded_policy.tokenizer
     assert len(traj) == 6
     for i in range(len(traj)):

@@ -10,8 +10,9 @@ from conftest import make_tiny_policy
 from scripted import TEXTS, EchoRetriever, ScriptedTurns
 
 from search_e1.algos import get_advantage_estimator
-from search_e1.grpo import GRPOConfig, GRPOModule
 from search_e1.rollout import RolloutConfig, rollout
+from search_e1.rounds.base import OptimConfig
+from search_e1.rounds.grpo import GRPOConfig, GRPOModule
 
 
 class Captured(GRPOModule):
@@ -27,7 +28,7 @@ class Captured(GRPOModule):
     def manual_backward(self, loss, *args, **kwargs):
         loss.backward()
 
-    def optimizer_step_clipped(self, max_grad_norm):
+    def optimizer_step_clipped(self):
         grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
                  for n, p in self.policy.model.named_parameters()}
         self.steps.append(grads)
@@ -40,15 +41,15 @@ def batch(smol_tokenizer):
     """Two questions x 4 scripted samples (2-turn rows of different lengths: some answer right away,
     some search first), rewards 1 for Talmor: mixed and uniform groups."""
     policy = make_tiny_policy(smol_tokenizer, seed=3)
-    cfg = RolloutConfig(max_turns=2, max_new_tokens=12, topk=1, group_size=4)
+    cfg = RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1)
     torch.manual_seed(0)
     traj = rollout(policy, EchoRetriever(), ["Where is a?", "Where is b?"], [["Talmor"], ["Talmor"]], cfg,
-                   generator=ScriptedTurns(policy, cfg, texts=TEXTS, seed=5))
+                   generator=ScriptedTurns(policy, cfg, texts=TEXTS, seed=5), group_size=4)
     return policy, traj.trim()
 
 
 def step_grads(policy, traj, advantages, **config):
-    config = {"group_size": 4, "kl_coef": 0.0, "lr": 1e-3, **config}
+    config = {"group_size": 4, "kl_coef": 0.0, "optim": OptimConfig(lr=1e-3), **config}
     module = Captured(policy, config=GRPOConfig(**config))
     module.update(traj, advantages, traj.logprobs, None)
     return module.steps
@@ -119,7 +120,7 @@ def test_ofsd_batched_kl_at_each_response_position_equals_an_unbatched_reference
     """Three examples of different prompt and response lengths, left-padded into one batch: the
     teacher-student KL at every response position equals KL(teacher || student) computed one
     example at a time from plain forwards (teacher after its own prompt, student after its own)."""
-    from search_e1.ofsd import DistillExample, OFSDConfig, OFSDModule, collate_examples
+    from search_e1.rounds.ofsd import DistillExample, OFSDConfig, OFSDModule, collate_examples
 
     policy = make_tiny_policy(smol_tokenizer, seed=7)
     gen = torch.Generator().manual_seed(0)

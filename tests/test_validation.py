@@ -15,11 +15,11 @@ from search_e1 import Evolver, RetrievalDataModule
 from search_e1.cli import config_changes, record_config
 from search_e1.data import MAX_QUESTION_CHARS, QADataError, load_qa
 from search_e1.errors import UserInputError
-from search_e1.evolver import STATE_FILE, EvolverConfig, load_policy_weights
-from search_e1.grpo import GRPOConfig
-from search_e1.ofsd import OFSDConfig
 from search_e1.protocol import PromptConfig
 from search_e1.rollout import RolloutConfig, check_prompt_fits, rollout
+from search_e1.rounds.evolver import STATE_FILE, EvolverConfig
+from search_e1.rounds.grpo import GRPOConfig
+from search_e1.rounds.ofsd import OFSDConfig
 
 
 @pytest.mark.parametrize("cls", [GRPOConfig, OFSDConfig])
@@ -40,6 +40,20 @@ def test_non_utf8_qa_file_names_file_and_line(tmp_path):
         load_qa(path)
 
 
+def test_invalid_json_names_file_line_and_the_column_in_that_line(tmp_path):
+    """An object left open at the end of a line: the column is where the line ends (json's own colno
+    would say column 1 of the next 'line', the newline)."""
+    from search_e1.retrieval.corpus import CorpusFormatError, load_corpus
+
+    qa, corpus = tmp_path / "qa.jsonl", tmp_path / "corpus.jsonl"
+    qa.write_text('{"question": "a?", "golden_answers": ["a"]}\n{"question": "b?", "golden_answers": ["b"]\n')
+    with pytest.raises(QADataError, match=r"qa\.jsonl:2: invalid JSON \(Expecting ',' delimiter at column 43\)$"):
+        load_qa(qa)
+    corpus.write_text('{"id": 1, "contents": "a"}\n{"id": 2, "contents": "b"\n')
+    with pytest.raises(CorpusFormatError, match=r"corpus\.jsonl:2: invalid JSON \(Expecting ',' delimiter at column 26\)$"):
+        load_corpus(corpus)
+
+
 def test_a_huge_question_is_refused_at_load_time(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"question": "x" * (MAX_QUESTION_CHARS + 1), "golden_answers": ["a"]}) + "\n")
@@ -57,11 +71,11 @@ def test_a_prompt_template_longer_than_the_budget_is_refused(smol_tokenizer):
 
 def test_over_long_questions_are_not_rolled_out_and_counted(tiny_policy, caplog):
     prompt = PromptConfig()
-    cfg = RolloutConfig(max_turns=2, max_new_tokens=4, group_size=2)
+    cfg = RolloutConfig(max_turns=2, max_new_tokens=4)
     base = check_prompt_fits(tiny_policy.tokenizer, prompt, replace(cfg, max_total_tokens=4096))
     cfg = replace(cfg, max_total_tokens=base + 12)
     with caplog.at_level("WARNING"):
-        traj = rollout(tiny_policy, EchoRetriever(), ["Short?", "long " * 50 + "?"], [["a"], ["b"]], cfg, prompt)
+        traj = rollout(tiny_policy, EchoRetriever(), ["Short?", "long " * 50 + "?"], [["a"], ["b"]], cfg, prompt, group_size=2)
     assert traj.finish_reasons[2:] == ["prompt_too_long"] * 2 and "prompt_too_long" not in traj.finish_reasons[:2]
     assert "1 of 2 questions not rolled out" in caplog.text
 
@@ -108,7 +122,7 @@ def test_checkpoint_of_another_model_gives_one_clear_error(tmp_path, smol_tokeni
     make_tiny_policy(smol_tokenizer, layers=2).model.save_pretrained(tmp_path / "ckpt")
     other = make_tiny_policy(smol_tokenizer, layers=3)
     with pytest.raises(UserInputError, match=r"does not fit the policy: 9 tensors missing, 0 unexpected \(first: model.layers.2.self_attn.q_proj.weight\); was the run started with another policy.path"):
-        load_policy_weights(other.model, tmp_path / "ckpt")
+        other.load_weights(tmp_path / "ckpt")
 
 
 def test_bad_trainer_settings_are_refused_before_any_file_is_written(tmp_path, smol_tokenizer):

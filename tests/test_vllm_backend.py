@@ -25,7 +25,7 @@ ENGINE = VLLMConfig(kv_cache_gb=0.25, enforce_eager=True, threads=1, max_num_seq
 
 
 def _cfg(**kw) -> RolloutConfig:
-    base = dict(group_size=1, max_turns=3, max_new_tokens=24, max_info_tokens=60, max_total_tokens=700, topk=2,
+    base = dict(max_turns=3, max_new_tokens=24, max_info_tokens=60, max_total_tokens=700, passages_per_search=2,
                 temperature=0.0, backend="vllm", vllm=ENGINE)
     base.update(kw)
     return RolloutConfig(**base)
@@ -34,9 +34,9 @@ def _cfg(**kw) -> RolloutConfig:
 @pytest.fixture(scope="module")
 def contexts(smol_tokenizer, demo_questions):
     """Chat-template prompts of 6 demo-world questions (the quickstart's few-shot style)."""
-    from search_e1.rollout import Environment
+    from search_e1.rollout import Renderer
 
-    env = Environment(smol_tokenizer, few_shot_preset("turn"), 60)
+    env = Renderer(smol_tokenizer, few_shot_preset("turn"), 60)
     return [env.prompt_ids(q["question"]) for q in demo_questions[:6]]
 
 
@@ -92,10 +92,10 @@ def test_multi_turn_rollout_mask_and_logprobs(embedded_policy, demo_retriever, d
     """A sampled 3-turn rollout on vLLM: loss mask 1 exactly on sampled tokens, log-probs aligned
     with a teacher-forced forward over the final sequences, prefix cache hits on later turns."""
     qs = demo_questions[:4]
-    cfg = _cfg(group_size=3, temperature=1.0)
+    cfg = _cfg(temperature=1.0)
     prompt = few_shot_preset("turn")
     traj = rollout(embedded_policy, demo_retriever, [q["question"] for q in qs],
-                   [q["golden_answers"] for q in qs], cfg, prompt).trim()
+                   [q["golden_answers"] for q in qs], cfg, prompt, group_size=3).trim()
     assert len(traj) == 12
     mask = traj.loss_mask.bool()  # [N, L]
     assert not mask[traj.attention_mask == 0].any()

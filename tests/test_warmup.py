@@ -11,7 +11,8 @@ from conftest import make_tiny_policy
 
 from search_e1.protocol import PromptConfig
 from search_e1.rollout import RolloutConfig
-from search_e1.warmup import (
+from search_e1.rounds.base import OptimConfig
+from search_e1.rounds.warmup import (
     DemonstrationError,
     WarmupConfig,
     WarmupModule,
@@ -88,11 +89,18 @@ def test_missing_or_empty_file_and_max_examples(tmp_path, smol_tokenizer):
     assert len(load_demonstrations(path, smol_tokenizer, PROMPT, RolloutConfig(), max_examples=2)) == 2
 
 
-@pytest.mark.parametrize("field, value", [("steps", 0), ("micro_batch_size", 0), ("lr", 0.0),
-                                          ("max_examples", -1), ("demonstrations", " ")])
+@pytest.mark.parametrize("field, value", [("steps", 0), ("micro_batch_size", 0), ("max_examples", -1),
+                                          ("demonstrations", " ")])
 def test_config_refuses_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"WarmupConfig.{field}"):
         WarmupConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("weight_decay", -0.1), ("warmup_steps", -1),
+                                          ("max_grad_norm", -1.0)])
+def test_optim_config_refuses_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"OptimConfig.{field} must be"):
+        OptimConfig(**{field: value})
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +131,7 @@ def test_warmup_steps_lower_the_nll_of_the_demonstrations(smol_tokenizer, world_
     torch.manual_seed(0)
     policy = make_tiny_policy(smol_tokenizer, seed=2)
     before = demonstration_nll(policy, world_demos)
-    config = WarmupConfig(steps=6, lr=1e-2, batch_size=4, micro_batch_size=2)
+    config = WarmupConfig(steps=6, optim=OptimConfig(lr=1e-2), batch_size=4, micro_batch_size=2)
     module = WarmupModule(policy, world_demos, config)
     loader = module.train_dataloader()
     assert len(loader) == 6 and sum(b["input_ids"].shape[0] for b in loader) == 24  # 3 passes over 8

@@ -195,10 +195,10 @@ def _parse_line(line: str | bytes, where: str) -> tuple[str, str]:
             raise CorpusFormatError(
                 f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
     try:
-        rec = json.loads(line)
+        rec = json.loads(line.rstrip("\r\n"))  # columns within the line
     except json.JSONDecodeError as err:
         raise CorpusFormatError(
-            f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+            f"{where}: invalid JSON ({err.msg} at column {err.pos + 1})") from None
     if not isinstance(rec, dict):
         raise CorpusFormatError(
             f'{where}: expected a JSON object {{"id": ..., "contents": ...}}, '

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder", "EmbedderConfig", "TextEncoder", "resolve_embedder_path", "progress_bar"]
+from search_e1.progress import progress_bar
+
+__all__ = ["Embedder", "EmbedderConfig", "TextEncoder", "resolve_embedder_path"]
 
 log = logging.getLogger(__name__)
 
@@ -131,52 +131,6 @@ def resolve_embedder_path(path: str | Path) -> Path:
         )
     return resolved
 
-
-@contextmanager
-def progress_bar(
-    total: int, description: str, enabled: bool, *, unit: str = "passages", completed: int = 0
-) -> Iterator:
-    """A rich progress bar yielding ``advance(n)``; a no-op when ``enabled`` is False.
-
-    It shows the rate in ``unit``/s (``unit="bytes"``: sizes and MB/s); ``completed`` starts the
-    bar part-way (a resumed job).
-    """
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    if unit == "bytes":
-        counts: tuple = (DownloadColumn(), TransferSpeedColumn())
-    else:
-        counts = (MofNCompleteColumn(), _rate_column(unit))
-    columns = (TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task(description, total=total, completed=completed)
-        yield lambda n: bar.advance(task, n)
-
-
-def _rate_column(unit: str) -> Any:
-    """A rich column with the task's rate, e.g. ``1,234 passages/s``."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} {unit}/s" if speed else f"- {unit}/s")
-
-    return RateColumn()
 
 
 class Embedder:

@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from search_e1.errors import UserInputError
+from search_e1.progress import progress_bar
 from search_e1.retrieval.corpus import PassageSource
-from search_e1.retrieval.embedder import Embedder, EmbedderConfig, TextEncoder, progress_bar
+from search_e1.retrieval.embedder import Embedder, EmbedderConfig, TextEncoder
 
 if TYPE_CHECKING:  # pragma: no cover
     import faiss

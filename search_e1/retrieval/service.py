@@ -12,7 +12,7 @@ What: `create_app(retriever, ServeConfig(...))` builds a FastAPI app with
 `serve(retriever, cfg)` runs it with uvicorn (blocking); `ServiceThread` runs any ASGI app in a
 background thread (tests, a service inside the trainer's process).
 
-Batching: every request puts its queries on one asyncio queue (`MicroBatcher`). A single worker
+Batching: every request puts its queries on one asyncio queue (`search_e1.retrieval.batcher.MicroBatcher`). A single worker
 task takes the first waiting request, waits up to ``batch_wait_ms`` for more (or until
 ``max_batch_queries`` queries are waiting), de-duplicates the queries, calls ``retriever.search``
 ONCE with the largest ``topk`` of the batch in a worker thread (the event loop keeps accepting
@@ -25,7 +25,8 @@ Departures from Search-R1's ``search_r1/search/retrieval_server.py``:
 - input is validated strictly (no type coercion) against limits; errors are JSON
   ``{"detail": message, "field": name}`` with 400 (malformed JSON), 413 (too large), 422 (wrong
   type or value); a failing retriever gives 500 and a search slower than ``request_timeout_s``
-  504, and the service stays up;
+  504, and the service stays up; a request whose client disconnects before it is searched is
+  dropped (counted in ``/health`` as ``abandoned_requests``);
 - ``return_scores: false`` works (Search-R1's handler unpacks ``results, scores`` regardless);
 - a document is ``{"id", "contents"}`` (Search-R1 returns the whole corpus row); a passage with no
   score (or a non-finite one) gets ``"score": null``;
@@ -42,22 +43,22 @@ Run::
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from search_e1.retrieval.base import Passage, Retriever
+from search_e1.retrieval.batcher import MicroBatcher, RetrieverFailure
 
 __all__ = [
     "MicroBatcher",
@@ -140,154 +141,7 @@ class ApiError(Exception):
         self.field = field
 
 
-class RetrieverFailure(RuntimeError):
-    """``retriever.search`` raised, or returned the wrong number of rows."""
-
-
 # ------------------------------------------------------------------ micro-batching
-@dataclass
-class _Waiting:
-    queries: list[str]
-    topk: int
-    future: asyncio.Future[list[list[Passage]]]
-
-
-@dataclass
-class BatchStats:
-    """Counters shown by ``GET /health``."""
-
-    requests: int = 0
-    batches: int = 0
-    queries: int = 0
-    unique_queries: int = 0
-    failed_batches: int = 0
-
-
-class MicroBatcher:
-    """Coalesces the queries of concurrent requests into shared ``Retriever.search`` calls.
-
-    Use it from one event loop: `submit` from request handlers; the worker task starts on the
-    first `submit` (or `start`) and runs until `stop`.
-    """
-
-    def __init__(self, retriever: Retriever, batch_wait_s: float = 0.005,
-                 max_batch_queries: int = 1024) -> None:
-        self.retriever = retriever
-        self.batch_wait_s = batch_wait_s
-        self.max_batch_queries = max_batch_queries
-        self.stats = BatchStats()
-        self._waiting: collections.deque[_Waiting] = collections.deque()
-        self._waiting_queries = 0
-        self._in_flight = 0
-        self._wakeup: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
-
-    @property
-    def queue_depth(self) -> int:
-        """Requests waiting for a batch (not counting the one being searched)."""
-        return len(self._waiting)
-
-    @property
-    def in_flight_queries(self) -> int:
-        """Queries of the search call running now (0 when idle)."""
-        return self._in_flight
-
-    def start(self) -> None:
-        """Start the worker task on the running loop (idempotent; restarts a dead worker)."""
-        if self._wakeup is None:
-            self._wakeup = asyncio.Event()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
-
-    async def stop(self) -> None:
-        """Stop the worker; requests still waiting fail with RetrieverFailure."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
-        while self._waiting:
-            item = self._waiting.popleft()
-            if not item.future.done():
-                item.future.set_exception(RetrieverFailure("the service is shutting down"))
-        self._waiting_queries = 0
-
-    async def submit(self, queries: list[str], topk: int) -> list[list[Passage]]:
-        """The ``topk`` best passages per query, searched together with concurrent requests."""
-        if not queries:
-            return []
-        self.start()
-        assert self._wakeup is not None
-        future: asyncio.Future[list[list[Passage]]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(list(queries), topk, future))
-        self._waiting_queries += len(queries)
-        self.stats.requests += 1
-        self._wakeup.set()
-        return await future
-
-    async def _run(self) -> None:
-        while True:  # one iteration per batch; ends when stop() cancels the task
-            batch = await self._collect()
-            if batch:
-                await self._search(batch)
-
-    async def _collect(self) -> list[_Waiting]:
-        """Wait for a first request, then up to ``batch_wait_s`` for more; take one batch."""
-        assert self._wakeup is not None
-        while not self._waiting:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.batch_wait_s
-        while self._waiting_queries < self.max_batch_queries:  # bounded by the deadline
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
-        batch: list[_Waiting] = []
-        size = 0
-        while self._waiting and (not batch or size + len(self._waiting[0].queries)
-                                 <= self.max_batch_queries):
-            item = self._waiting.popleft()
-            self._waiting_queries -= len(item.queries)
-            if not item.future.done():  # skip requests that timed out while waiting
-                batch.append(item)
-                size += len(item.queries)
-        return batch
-
-    async def _search(self, batch: list[_Waiting]) -> None:
-        """One ``retriever.search`` call for the batch (in a thread); rows go back per request."""
-        unique = list(dict.fromkeys(q for item in batch for q in item.queries))
-        topk = max(item.topk for item in batch)
-        self.stats.batches += 1
-        self.stats.queries += sum(len(item.queries) for item in batch)
-        self.stats.unique_queries += len(unique)
-        self._in_flight = len(unique)
-        try:
-            rows = await asyncio.to_thread(self.retriever.search, unique, topk)
-            if len(rows) != len(unique):
-                raise RetrieverFailure(f"the retriever returned {len(rows)} rows "
-                                       f"for {len(unique)} queries")
-        except Exception as exc:  # any retriever error fails this batch only
-            self.stats.failed_batches += 1
-            log.exception("retriever.search failed for a batch of %d queries", len(unique))
-            error = exc if isinstance(exc, RetrieverFailure) else RetrieverFailure(
-                f"{type(exc).__name__}: {exc}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        finally:
-            self._in_flight = 0
-        by_query = dict(zip(unique, rows, strict=True))
-        for item in batch:
-            if not item.future.done():
-                item.future.set_result([list(by_query[q][: item.topk]) for q in item.queries])
-
-
 # ------------------------------------------------------------------ request handling
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it exceeds ``limit`` bytes."""
@@ -367,6 +221,27 @@ def _passage_count(retriever: Retriever) -> int | None:
     return None
 
 
+class ClientGone(Exception):
+    """The client of a request closed its connection before the answer was ready."""
+
+
+async def _while_connected(request: Request, work: Awaitable[Any], poll_s: float = 0.05) -> Any:
+    """Await ``work``; if the client disconnects first, cancel it (a request still waiting for its
+    batch is then never searched) and raise `ClientGone`."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 def create_app(retriever: Retriever, cfg: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``retriever`` (see the module docstring for the API)."""
     cfg = cfg or ServeConfig()
@@ -392,7 +267,12 @@ def create_app(retriever: Retriever, cfg: ServeConfig | None = None) -> FastAPI:
         body = await _read_body(request, cfg.max_body_bytes)
         queries, topk, return_scores = parse_request(body, cfg)
         try:
-            rows = await asyncio.wait_for(batcher.submit(queries, topk), cfg.request_timeout_s)
+            rows = await _while_connected(request, asyncio.wait_for(batcher.submit(queries, topk),
+                                                                    cfg.request_timeout_s))
+        except ClientGone:
+            batcher.stats.abandoned_requests += 1
+            log.info("client went away: its request of %d queries is dropped", len(queries))
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         except asyncio.TimeoutError:
             raise ApiError(504, f"retrieval took longer than request_timeout_s="
                                 f"{cfg.request_timeout_s}") from None
@@ -407,7 +287,8 @@ def create_app(retriever: Retriever, cfg: ServeConfig | None = None) -> FastAPI:
         return {"status": "ok", "passages": _passage_count(retriever),
                 "queue_depth": batcher.queue_depth, "in_flight_queries": batcher.in_flight_queries,
                 "requests": stats.requests, "batches": stats.batches, "queries": stats.queries,
-                "unique_queries": stats.unique_queries, "failed_batches": stats.failed_batches}
+                "unique_queries": stats.unique_queries, "failed_batches": stats.failed_batches,
+                "abandoned_requests": stats.abandoned_requests}
 
     return app
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from search_e1.errors import UserInputError
+from search_e1.progress import progress_bar
 from search_e1.retrieval.base import Passage
 from search_e1.retrieval.corpus import (
     ContentDigest,
@@ -54,7 +55,6 @@ from search_e1.retrieval.corpus import (
     iter_corpus,
     passage_text,
 )
-from search_e1.retrieval.embedder import progress_bar
 
 __all__ = ["CorpusStore", "CorpusStoreError", "convert_corpus", "default_store_dir",
            "open_corpus_store"]

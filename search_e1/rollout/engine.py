@@ -53,8 +53,6 @@ _SENTINEL_A, _SENTINEL_U = "\x00SE1_ASSISTANT\x00", "\x00SE1_USER\x00"
 class RolloutConfig:
     """Sampling and turn budgets of the multi-turn rollout."""
 
-    group_size: int = 5
-    """Samples (trajectories) per question, G."""
     max_turns: int = 4
     """Generation turns per trajectory; at most max_turns - 1 searches are executed."""
     max_new_tokens: int = 500
@@ -63,8 +61,8 @@ class RolloutConfig:
     """Retrieved text kept per information block, in tokens (the rest is cut)."""
     max_total_tokens: int = 4096
     """Context length limit per trajectory (prompt included); a row that reaches it ends."""
-    topk: int = 3
-    """Passages retrieved per search."""
+    passages_per_search: int = 3
+    """Passages retrieved per search (the retriever's top k)."""
     temperature: float = 1.0
     """Sampling temperature; 0 selects greedy decoding (evaluation)."""
     top_k: int = 0
@@ -81,7 +79,7 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"RolloutConfig.backend: expected one of {sorted(BACKENDS)}, got {self.backend!r}")
-        for name in ("group_size", "max_turns", "max_new_tokens", "max_total_tokens", "topk",
+        for name in ("max_turns", "max_new_tokens", "max_total_tokens", "passages_per_search",
                      "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RolloutConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -116,7 +114,7 @@ class Row:
         return self.prompt + [t for s in self.segments for t in s.ids]
 
 
-class Environment:
+class Renderer:
     """Turns protocol text into token ids for one tokenizer and prompt configuration."""
 
     def __init__(self, tokenizer: Any, prompt: PromptConfig, max_info_tokens: int) -> None:
@@ -165,7 +163,7 @@ def check_prompt_fits(tokenizer: Any, prompt: PromptConfig, cfg: RolloutConfig) 
     one turn of ``max_new_tokens`` within ``max_total_tokens`` (checked before any work starts)."""
     from search_e1.errors import UserInputError
 
-    base = len(Environment(tokenizer, prompt, cfg.max_info_tokens).prompt_ids(""))
+    base = len(Renderer(tokenizer, prompt, cfg.max_info_tokens).prompt_ids(""))
     if base + cfg.max_new_tokens > cfg.max_total_tokens:
         raise UserInputError(
             f"rollout.max_total_tokens ({cfg.max_total_tokens}) leaves no room for a turn: the prompt template "
@@ -178,9 +176,10 @@ def rollout(
     policy: Any, retriever: Retriever, questions: Sequence[str],
     golden_answers: Sequence[Sequence[str]], config: RolloutConfig | None = None,
     prompt: PromptConfig | None = None, reward: RewardConfig | None = None,
-    generator: TurnGenerator | None = None,
+    generator: TurnGenerator | None = None, group_size: int = 1,
 ) -> Trajectory:
-    """Roll out ``config.group_size`` trajectories per question and score them.
+    """Roll out ``group_size`` trajectories per question and score them (`SearchEnv.rollout` is the
+    usual entry point: it also switches the policy to eval mode and picks the backend).
 
     Args:
         policy: a `search_e1.Policy` (its ``model``, ``tokenizer`` and ``eos_token_ids`` are used).
@@ -191,6 +190,7 @@ def rollout(
         prompt: prompt template and information format; defaults to `PromptConfig()`.
         reward: reward definition; defaults to exact match.
         generator: per-turn generation backend; defaults to the one ``config.backend`` names.
+        group_size: samples per question, G.
 
     Returns:
         A `Trajectory` of ``Q * group_size`` rows, the samples of question ``q`` in rows
@@ -198,16 +198,16 @@ def rollout(
     """
     cfg, prompt, reward = config or RolloutConfig(), prompt or PromptConfig(), reward or RewardConfig()
     tok = policy.tokenizer
-    env = Environment(tok, prompt, cfg.max_info_tokens)
+    env = Renderer(tok, prompt, cfg.max_info_tokens)
     gen = generator or make_generator(policy, cfg)
     prompts = [env.prompt_ids(q) for q in questions]
-    rows = [Row(group=q, prompt=prompts[q]) for q in range(len(questions)) for _ in range(cfg.group_size)]
+    rows = [Row(group=q, prompt=prompts[q]) for q in range(len(questions)) for _ in range(group_size)]
     too_long = [r for r in rows if r.length + 1 > cfg.max_total_tokens]  # no room for one sampled token
     for r in too_long:
         r.state, r.finish = State.DONE, "prompt_too_long"
     if too_long:
         log.warning("%d of %d questions not rolled out: their prompt fills rollout.max_total_tokens (%d); "
-                    "they score 0 (finish reason prompt_too_long)", len(too_long) // cfg.group_size,
+                    "they score 0 (finish reason prompt_too_long)", len(too_long) // group_size,
                     len(questions), cfg.max_total_tokens)
     for turn in range(cfg.max_turns):
         active = [r for r in rows if r.state is State.GENERATE]
@@ -226,7 +226,7 @@ def rollout(
     return _assemble(rows, questions, golden_answers, reward, tok)
 
 
-def _on_turn(row: Row, out: TurnOutput, turn: int, cfg: RolloutConfig, env: Environment, tok: Any) -> None:
+def _on_turn(row: Row, out: TurnOutput, turn: int, cfg: RolloutConfig, env: Renderer, tok: Any) -> None:
     """Handler of the GENERATE state: record the sampled turn and pick the next state."""
     row.turns += 1
     if out.ids:
@@ -249,11 +249,11 @@ def _on_turn(row: Row, out: TurnOutput, turn: int, cfg: RolloutConfig, env: Envi
         row.state, row.finish = State.DONE, "max_total_tokens"
 
 
-def _run_searches(rows: list[Row], retriever: Retriever, turn: int, cfg: RolloutConfig, env: Environment) -> None:
+def _run_searches(rows: list[Row], retriever: Retriever, turn: int, cfg: RolloutConfig, env: Renderer) -> None:
     """Handler of the SEARCH state: one batched retrieval for every pending query."""
     if not rows:
         return
-    results = retriever.search([r.query or "" for r in rows], cfg.topk)
+    results = retriever.search([r.query or "" for r in rows], cfg.passages_per_search)
     if len(results) != len(rows):
         raise RuntimeError(f"retriever returned {len(results)} result lists for {len(rows)} queries")
     for row, passages in zip(rows, results, strict=True):

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from search_e1.algos import mixed_group_fraction
+from search_e1.rewards import exact_match
+
 
 @dataclass
 class Segment:
@@ -193,3 +196,16 @@ class Trajectory:
             prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
             rewards=rewards, **as_long, **per_row,
         )
+
+
+def rollout_stats(traj: Trajectory) -> dict[str, float]:
+    """Scalars describing a batch of trajectories (rewards, EM, searches, lengths)."""
+    em = [exact_match(a, g) for a, g in zip(traj.answers, traj.golden_answers, strict=True)]
+    return {
+        "reward_mean": float(traj.rewards.mean()),
+        "em": sum(em) / max(len(em), 1),
+        "mixed_group_frac": mixed_group_fraction(traj.rewards, traj.group_ids),
+        "searches_mean": float(traj.num_searches.float().mean()),
+        "response_length": float(traj.response_lengths.float().mean()),
+        "answered_frac": sum(a is not None for a in traj.answers) / max(len(traj), 1),
+    }

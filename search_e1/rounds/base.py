@@ -1,9 +1,9 @@
-"""What the GRPO and OFSD LightningModules share: the policy, sharding, optimiser, logging.
+"""What the round LightningModules share: the policy, sharding, the optimiser (`OptimConfig`), logging.
 
 Both modules receive the SAME `Policy` object (and GRPO the frozen reference), built once by the
 `Evolver`; every round gets a fresh module and a fresh ``Trainer`` around them. Under
 ``ModelParallelStrategy`` ``configure_model`` shards them with FSDP2, once: the next round's
-module finds them already sharded. The optimiser is rebuilt per round (AdamW, linear warmup).
+module finds them already sharded. The optimiser is rebuilt per round (AdamW, linear warmup); rollouts go through the `SearchEnv`.
 
 Logged steps live on one axis across rounds: the Evolver's `OffsetTensorBoardLogger` adds the
 steps of the previous rounds to whatever step Lightning logs at; `log_step` gives the same
@@ -13,7 +13,8 @@ number for text samples.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -22,39 +23,70 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from search_e1.distributed import shard_policy
 from search_e1.policy import Policy
-from search_e1.protocol import PromptConfig
-from search_e1.retrieval.base import Retriever
-from search_e1.rewards import RewardConfig
-from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory, make_generator, rollout
+from search_e1.rollout import SearchEnv, Trajectory
 
 log = logging.getLogger(__name__)
 
 
-class RoundModule(L.LightningModule):
-    """Base of `GRPOModule` and `OFSDModule` (manual optimisation, one shared policy)."""
+@dataclass
+class OptimConfig:
+    """AdamW with a linear learning-rate warmup and clipping by global gradient norm (one per round kind)."""
 
-    def __init__(
-        self, policy: Policy, retriever: Retriever | None, rollout_config: RolloutConfig,
-        prompt: PromptConfig, reward: RewardConfig, reference: Policy | None = None,
-        generator_factory: GeneratorFactory | None = None,
-    ) -> None:
+    lr: float = 1e-6
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup, in optimiser steps (restarts every round)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"OptimConfig.lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup_steps", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"OptimConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+class RoundModule(L.LightningModule):
+    """Base of `GRPOModule`, `OFSDModule` and `WarmupModule` (manual optimisation, one shared policy).
+
+    Args:
+        policy: the shared policy (trained in place).
+        env: the search environment rollouts run in (None for a round that does not roll out).
+        optim: optimiser settings.
+        reference: frozen reference policy (GRPO's KL term), sharded beside the policy.
+    """
+
+    def __init__(self, policy: Policy, env: SearchEnv | None, optim: OptimConfig,
+                 reference: Policy | None = None) -> None:
         super().__init__()
-        self.generator_factory = generator_factory or make_generator
         self.automatic_optimization = False
         self.policy = policy
-        self.reference = reference
-        self.retriever = retriever
-        self.rollout_config, self.prompt_config, self.reward_config = rollout_config, prompt, reward
+        # a tuple, not a submodule: the frozen copy stays in eval mode without Lightning counting it as
+        # "modules in eval mode", and it is no part of this module's parameters or state dict
+        self.frozen: tuple[Policy, ...] = (reference,) if reference is not None else ()
+        self.env = env
+        self.optim = optim
         self._batch_idx = 0
+
+    @property
+    def reference(self) -> Policy | None:
+        """The frozen reference policy (GRPO's KL term), or None."""
+        return self.frozen[0] if self.frozen else None
 
     # ---------------------------------------------------------------- model and optimiser
     def on_fit_start(self) -> None:
         """Train mode for the policy (loaded models start in eval mode, and Lightning keeps module
-        modes): gradient checkpointing and dropout follow it; rollouts switch to eval themselves."""
+        modes): gradient checkpointing and dropout follow it; rollouts switch to eval themselves.
+        The reference follows the policy's device (Lightning moves only submodules)."""
         self.policy.train()
+        if self.reference is not None and self.device_mesh is None:
+            self.reference.to(self.device)
 
     def configure_model(self) -> None:
-        mesh = getattr(self, "_device_mesh", None)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (trainer.strategy: fsdp)
         if mesh is None:
             return
         bf16 = self.trainer.precision.startswith("bf16") and self.device.type == "cuda"
@@ -62,10 +94,10 @@ class RoundModule(L.LightningModule):
         if self.reference is not None:
             shard_policy(self.reference.model, mesh["data_parallel"], bf16=bf16)
 
-    def make_optimizer(self, lr: float, weight_decay: float, warmup_steps: int) -> Any:
-        return make_optimizer(self.policy, lr, weight_decay, warmup_steps)
+    def configure_optimizers(self) -> Any:
+        return make_optimizer(self.policy, self.optim)
 
-    def optimizer_step_clipped(self, max_grad_norm: float) -> float:
+    def optimizer_step_clipped(self) -> float:
         """Clip, step the optimiser and the scheduler; returns the pre-clip gradient norm. A parameter
         that no backward reached (every row skipped) steps with a zero gradient, as it would have."""
         opt = self.optimizers()
@@ -73,7 +105,8 @@ class RoundModule(L.LightningModule):
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+        max_norm = self.optim.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
         opt.step()
@@ -89,23 +122,17 @@ class RoundModule(L.LightningModule):
         return float(self.optimizers().param_groups[0]["lr"])
 
     # ---------------------------------------------------------------- rollouts
-    @torch.no_grad()
-    def rollout_questions(
-        self, questions: list[str], golden: list[list[str]], group_size: int, **overrides: Any,
-    ) -> Trajectory:
-        """Sample ``group_size`` trajectories per question with the current policy (eval mode)."""
-        if self.retriever is None:
-            raise RuntimeError(f"{type(self).__name__} needs a retriever (pass the data module's)")
-        cfg = replace(self.rollout_config, group_size=group_size, **overrides)
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            traj = rollout(self.policy, self.retriever, questions, golden, cfg, self.prompt_config,
-                           self.reward_config, generator=self.generator_factory(self.policy, cfg))
-        finally:
-            self.policy.train(was_training)
-        return traj.trim().to(self.device)
+    def rollout_questions(self, questions: Sequence[str], golden: Sequence[Sequence[str]], group_size: int) -> Trajectory:
+        """Sample ``group_size`` trajectories per question with the current policy, on this device."""
+        if self.env is None or self.env.retriever is None:
+            raise RuntimeError(f"{type(self).__name__} needs a SearchEnv with a retriever to roll out")
+        return self.env.rollout(self.policy, questions, golden, group_size).trim().to(self.device)
 
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature rollouts sample at: ratios and KLs compare the policy's distribution at that
+        temperature, so sampling log-probs are valid old log-probs (ratio 1 at the first step), as in veRL."""
+        return self.env.sampling_temperature if self.env is not None else 1.0
     # ---------------------------------------------------------------- logging
     @property
     def log_step(self) -> int:
@@ -134,11 +161,11 @@ class RoundModule(L.LightningModule):
         experiment.add_text(tag, "\n\n---\n\n".join(parts), global_step=self.log_step)
 
 
-def make_optimizer(policy: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int) -> dict[str, Any]:
+def make_optimizer(policy: torch.nn.Module, optim: OptimConfig) -> dict[str, Any]:
     """AdamW over the trainable parameters with a linear learning-rate warmup, as Lightning's
     ``configure_optimizers`` returns it."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(0, warmup_steps)
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    warm = optim.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -13,12 +13,12 @@ Demonstrations are JSON lines ``{"messages": [{"role", "content"}, ...]}`` in on
   assistant message is the prompt, rendered with the chat template
   (``apply_chat_template(..., add_generation_prompt=True)``);
 * a line with a ``"question"`` whose ``messages`` start at the first assistant turn: the prompt is
-  built exactly as the rollout builds it (`Environment.prompt_ids`, i.e. ``prompt`` config), so the
+  built exactly as the rollout builds it (`Renderer.prompt_ids`, i.e. ``prompt`` config), so the
   warm-up trains the prompt the rollouts use.
 
 After the prompt every message is rendered as a rollout would render it: an assistant message
-through `Environment.encode` (loss mask 1: the tokens the policy samples), a user message
-(information or feedback) through `Environment.observation` with its chat-template glue (loss mask
+through `Renderer.encode` (loss mask 1: the tokens the policy samples), a user message
+(information or feedback) through `Renderer.observation` with its chat-template glue (loss mask
 0). Nothing follows an assistant message: the rollout stops generating right after ``</search>`` /
 ``</answer>``, so no end-of-turn token is ever sampled there, and none is trained. User messages
 are used verbatim (not cut to ``rollout.max_info_tokens``, and without the final-turn note). The
@@ -37,7 +37,7 @@ each pass a fresh permutation (seeded): ``steps * batch_size / len(demonstration
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,14 +47,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from search_e1.algos import agg_loss
-from search_e1.data import iter_jsonl, plain
+from search_e1.config import plain
+from search_e1.data import iter_jsonl
 from search_e1.distributed import rank_world
 from search_e1.errors import UserInputError
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
-from search_e1.rewards import RewardConfig
-from search_e1.rollout import Environment, RolloutConfig, Segment, Trajectory
-from search_e1.round_module import RoundModule
+from search_e1.rollout import Renderer, RolloutConfig, Segment, Trajectory
+from search_e1.rounds.base import OptimConfig, RoundModule
 
 _ROLES = ("system", "user", "assistant")
 
@@ -71,20 +71,14 @@ class WarmupConfig:
     """Chat-message JSONL file of demonstrations; None = no warm-up."""
     steps: int = 8
     """Optimiser steps of the warm-up (the demonstrations are cycled to fill them)."""
-    lr: float = 3e-5
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Linear learning-rate warmup, in optimiser steps."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5))
+    """AdamW, learning-rate warmup and gradient clipping of the warm-up (lr 3e-5 by default)."""
     batch_size: int = 8
     """Demonstrations per optimiser step (per process)."""
     micro_batch_size: int = 4
     """Demonstrations per forward/backward (gradient accumulation)."""
     max_examples: int = 0
     """Use only the first N demonstrations of the file; 0 = all."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm; 0 disables clipping."""
     seed: int = 0
     """Seed of the order in which demonstrations are drawn (a fresh permutation per pass)."""
 
@@ -94,11 +88,8 @@ class WarmupConfig:
         for name in ("steps", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WarmupConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_steps", "max_examples", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"WarmupConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"WarmupConfig.lr must be > 0, got {self.lr}")
+        if self.max_examples < 0:
+            raise ValueError(f"WarmupConfig.max_examples must be >= 0, got {self.max_examples}")
 
 
 @dataclass
@@ -141,7 +132,7 @@ def _messages(record: Mapping[str, Any], where: str) -> list[dict[str, str]]:
     return messages
 
 
-def encode_demonstration(record: Mapping[str, Any], env: Environment, where: str = "demonstration") -> WarmupExample:
+def encode_demonstration(record: Mapping[str, Any], env: Renderer, where: str = "demonstration") -> WarmupExample:
     """Token ids of one demonstration line, rendered as the rollout renders a trajectory."""
     messages = _messages(record, where)
     first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -178,7 +169,7 @@ def load_demonstrations(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"demonstrations file not found: {path}")
-    env = Environment(tokenizer, prompt, rollout.max_info_tokens)
+    env = Renderer(tokenizer, prompt, rollout.max_info_tokens)
     examples: list[WarmupExample] = []
     for where, record in iter_jsonl(path, DemonstrationError):
         ex = encode_demonstration(record, env, where)
@@ -264,16 +255,13 @@ class WarmupModule(RoundModule):
     """
 
     def __init__(self, policy: Policy, examples: list[WarmupExample], config: WarmupConfig | None = None) -> None:
-        super().__init__(policy, None, RolloutConfig(), PromptConfig(), RewardConfig())
+        config = config or WarmupConfig()
+        super().__init__(policy, None, config.optim)
         if not examples:
             raise ValueError("WarmupModule needs at least one demonstration")
-        self.config = config or WarmupConfig()
+        self.config = config
         self.examples = list(examples)
         self.save_hyperparameters({"warmup": plain(self.config), "demonstrations": len(self.examples)})
-
-    def configure_optimizers(self) -> Any:
-        c = self.config
-        return self.make_optimizer(c.lr, c.weight_decay, c.warmup_steps)
 
     def train_dataloader(self) -> DataLoader:
         """``steps * batch_size`` demonstrations for this rank (the ranks draw disjoint slices of one
@@ -289,7 +277,7 @@ class WarmupModule(RoundModule):
         c = self.config
         lr = self.current_lr  # the rate this step uses (the scheduler steps after it)
         loss, tokens = nll_backward(self.policy, batch, c.micro_batch_size, self.manual_backward)
-        grad_norm = self.optimizer_step_clipped(c.max_grad_norm)
+        grad_norm = self.optimizer_step_clipped()
         stats = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm, "lr": lr}
         self.log_dict({f"warmup/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["loss_mask"].shape[0], sync_dist=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,13 @@ from search_e1.algos import (
     get_sibling_selector,
     make_teacher_targets,
 )
-from search_e1.data import plain
+from search_e1.config import plain
 from search_e1.distributed import rank_world
-from search_e1.policy import Policy, position_ids_from_mask
+from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig, build_messages
-from search_e1.retrieval.base import Retriever
-from search_e1.rewards import RewardConfig
-from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory
+from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
 from search_e1.rollout.generation import left_pad
-from search_e1.round_module import RoundModule
+from search_e1.rounds.base import OptimConfig, RoundModule
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +66,16 @@ class OFSDConfig:
     """Trajectories sampled per question for the round's offline data set."""
     num_questions: int = 64
     """Training questions rolled out at the start of each round."""
-    lr: float = 1e-6
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Linear learning-rate warmup, in optimiser steps."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW, learning-rate warmup and gradient clipping of the OFSD rounds."""
     batch_size: int = 4
     """Distillation examples (trajectories) per optimiser step."""
     micro_batch_size: int = 2
     """Examples per forward/backward (gradient accumulation)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm; 0 disables clipping."""
     loss: str = "forward_kl"
     """Distillation loss: forward_kl (full vocabulary) or forward_kl_topk."""
-    topk: int = 0
-    """Teacher top-k for forward_kl_topk (0 with forward_kl)."""
+    teacher_topk: int = 0
+    """Teacher tokens kept per position by forward_kl_topk (0 with forward_kl)."""
     temperature: float = 1.0
     """Softmax temperature of teacher and student in the loss."""
     sibling_selector: str = "most_efficient"
@@ -110,8 +102,8 @@ class OFSDConfig:
             raise ValueError(f"OFSDConfig.max_epochs must be > 0, got {self.max_epochs}")
         if "{sibling}" not in self.privileged_template:
             raise ValueError("OFSDConfig.privileged_template must contain '{sibling}'")
-        if (self.loss == "forward_kl_topk") != (self.topk > 0):
-            raise ValueError("OFSDConfig: use topk > 0 exactly when loss is forward_kl_topk")
+        if (self.loss == "forward_kl_topk") != (self.teacher_topk > 0):
+            raise ValueError("OFSDConfig: use teacher_topk > 0 exactly when loss is forward_kl_topk")
         for name, getter in (("loss", get_distill_loss), ("sibling_selector", get_sibling_selector)):
             try:
                 getter(getattr(self, name))
@@ -195,13 +187,6 @@ def collate_examples(examples: list[DistillExample], pad_id: int) -> dict[str, t
             "response_mask": mask}
 
 
-def response_logits(policy: Policy, ids: torch.Tensor, attention: torch.Tensor, r: int) -> torch.Tensor:
-    """Logits predicting the last ``r`` tokens of each (left-padded) row.  # [B, R, V]"""
-    out = policy.model(input_ids=ids, attention_mask=attention, position_ids=position_ids_from_mask(attention),
-                       use_cache=False, logits_to_keep=r + 1)
-    return out.logits[:, :-1]
-
-
 def empty_reason(traj: Trajectory) -> str:
     """Why a round found no distillation example: no correct trajectory, or no cheaper one."""
     correct = traj.rewards >= 1.0  # [N]
@@ -257,34 +242,24 @@ class OFSDModule(RoundModule):
 
     Args:
         policy: the shared policy (student and, under no_grad, teacher).
-        retriever: the data module's retriever (for the round's rollouts).
+        env: the search environment of the round's rollouts (correct = reward >= 1).
         questions: this round's training questions as ``(question, golden_answers)`` pairs.
         steps: optimiser steps of the round.
         config: OFSD hyperparameters.
-        rollout_config: turn and token budgets (its group size is replaced by ``config.group_size``).
-        prompt: prompt template and information format.
-        reward: reward definition (correct = reward >= 1).
         out_dir: where the round's trajectory data set is written.
-        generator_factory: rollout backend (default: the one ``rollout_config.backend`` names).
     """
 
     def __init__(
-        self, policy: Policy, retriever: Retriever | None, questions: list[tuple[str, list[str]]],
-        steps: int, config: OFSDConfig | None = None, rollout_config: RolloutConfig | None = None,
-        prompt: PromptConfig | None = None, reward: RewardConfig | None = None,
-        out_dir: str | Path | None = None, generator_factory: GeneratorFactory | None = None,
+        self, policy: Policy, env: SearchEnv | None, questions: list[tuple[str, list[str]]], steps: int,
+        config: OFSDConfig | None = None, out_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(policy, retriever, rollout_config or RolloutConfig(), prompt or PromptConfig(),
-                         reward or RewardConfig(), generator_factory=generator_factory)
-        self.config = config or OFSDConfig()
+        config = config or OFSDConfig()
+        super().__init__(policy, env, config.optim)
+        self.config = config
         self.questions, self.steps = list(questions), steps
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.examples: list[DistillExample] = []
         self.save_hyperparameters({"ofsd": plain(self.config), "steps": steps})
-
-    def configure_optimizers(self) -> Any:
-        c = self.config
-        return self.make_optimizer(c.lr, c.weight_decay, c.warmup_steps)
 
     # ---------------------------------------------------------------- the offline data set
     def on_fit_start(self) -> None:
@@ -293,7 +268,7 @@ class OFSDModule(RoundModule):
         correct = traj.rewards >= 1.0  # [N]
         siblings = get_sibling_selector(self.config.sibling_selector)(
             traj.group_ids, correct, traj.num_searches, traj.response_lengths)  # [N]
-        self.examples = build_examples(traj, siblings, self.policy.tokenizer, self.prompt_config, self.config)
+        self.examples = build_examples(traj, siblings, self.policy.tokenizer, self.env.prompt, self.config)
         self._save_dataset(traj, siblings)
         self._log_start(traj, siblings)
 
@@ -314,8 +289,6 @@ class OFSDModule(RoundModule):
         traj.save_jsonl(self.out_dir / "trajectories.jsonl", self.policy.tokenizer, sibling=siblings.tolist())
 
     def _log_start(self, traj: Trajectory, siblings: torch.Tensor) -> None:
-        from search_e1.grpo import rollout_stats
-
         stats = {f"ofsd/rollout_{k}": v for k, v in rollout_stats(traj).items()}
         stats["ofsd/sibling_frac"] = float((siblings >= 0).float().mean()) if len(siblings) else 0.0
         stats["ofsd/examples"] = float(len(self.examples))
@@ -367,11 +340,11 @@ class OFSDModule(RoundModule):
         if not self.policy.chunkable:  # FSDP-sharded or soft-capped head: whole-response logits
             r = mask.shape[1]
             with torch.no_grad():
-                teacher = response_logits(self.policy, batch["teacher_ids"], batch["teacher_mask"], r)  # [B, R, V]
-            student = response_logits(self.policy, batch["student_ids"], batch["student_mask"], r)  # [B, R, V]
-            targets = make_teacher_targets(teacher, topk=c.topk or None, temperature=c.temperature)
+                teacher = self.policy(batch["teacher_ids"], batch["teacher_mask"], r + 1)[:, :-1]  # [B, R, V]
+            student = self.policy(batch["student_ids"], batch["student_mask"], r + 1)[:, :-1]  # [B, R, V]
+            targets = make_teacher_targets(teacher, topk=c.teacher_topk or None, temperature=c.temperature)
             return get_distill_loss(c.loss)(student, targets, mask), mask
-        return chunked_distill(self.policy, batch, c.loss, c.topk, c.temperature), mask
+        return chunked_distill(self.policy, batch, c.loss, c.teacher_topk, c.temperature), mask
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         c = self.config
@@ -383,7 +356,7 @@ class OFSDModule(RoundModule):
             loss = agg_loss(per_token, mask, "token-mean", num_tokens=n_tokens)
             self.manual_backward(loss)
             total += float(loss.detach())
-        grad_norm = self.optimizer_step_clipped(c.max_grad_norm)
+        grad_norm = self.optimizer_step_clipped()
         stats = {"distill_loss": total, "tokens": n_tokens, "grad_norm": grad_norm, "lr": self.current_lr}
         self.log_dict({f"ofsd/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["response_mask"].shape[0], sync_dist=True)

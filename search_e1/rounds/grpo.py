@@ -14,7 +14,7 @@ are aggregated by `search_e1.algos.agg_loss` (token mean over the mini-batch by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,16 +26,12 @@ from search_e1.algos import (
     get_kl_estimator,
     get_policy_loss,
     masked_mean,
-    mixed_group_fraction,
 )
-from search_e1.data import plain
+from search_e1.config import plain
 from search_e1.distributed import max_over_ranks
 from search_e1.policy import Policy
-from search_e1.protocol import PromptConfig
-from search_e1.retrieval.base import Retriever
-from search_e1.rewards import RewardConfig, exact_match
-from search_e1.rollout import GeneratorFactory, RolloutConfig, Trajectory
-from search_e1.round_module import RoundModule
+from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
+from search_e1.rounds.base import OptimConfig, RoundModule
 
 
 @dataclass
@@ -44,12 +40,8 @@ class GRPOConfig:
 
     group_size: int = 5
     """Trajectories sampled per question (G)."""
-    lr: float = 1e-6
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Linear learning-rate warmup, in optimiser steps (restarts every round)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW, learning-rate warmup and gradient clipping of the GRPO rounds."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
     mini_batch_size: int = 0
@@ -72,8 +64,6 @@ class GRPOConfig:
     """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (0 = off, as in vanilla GRPO)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm; 0 disables clipping."""
     recompute_old_logprobs: bool = True
     """Recompute old log-probs with a forward pass (else use the sampling log-probs)."""
     skip_zero_advantage: bool = True
@@ -89,8 +79,8 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError("GRPOConfig.group_size must be >= 2: a group of one sample has advantage 0, so no gradient")
-        if self.lr <= 0 or self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
-            raise ValueError("GRPOConfig: lr > 0, kl_coef >= 0 and clip ranges >= 0 are required")
+        if self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
+            raise ValueError("GRPOConfig: kl_coef >= 0 and clip ranges >= 0 are required")
         for name, getter in (("advantage", get_advantage_estimator), ("kl_estimator", get_kl_estimator),
                              ("policy_loss", get_policy_loss), ("loss_agg", get_agg_mode)):
             try:
@@ -104,32 +94,19 @@ class GRPOModule(RoundModule):
 
     Args:
         policy: the shared policy (trained in place).
-        retriever: the data module's retriever.
+        env: the search environment (the data module's retriever, rollout budgets, prompt, reward).
         config: GRPO hyperparameters.
-        rollout_config: turn and token budgets (its group size is replaced by ``config.group_size``).
-        prompt: prompt template and information format.
-        reward: reward definition.
         reference: frozen reference policy for the KL term (required when ``kl_coef > 0``).
-        generator_factory: rollout backend (default: the one ``rollout_config.backend`` names).
     """
 
-    def __init__(
-        self, policy: Policy, retriever: Retriever | None = None, config: GRPOConfig | None = None,
-        rollout_config: RolloutConfig | None = None, prompt: PromptConfig | None = None,
-        reward: RewardConfig | None = None, reference: Policy | None = None,
-        generator_factory: GeneratorFactory | None = None,
-    ) -> None:
+    def __init__(self, policy: Policy, env: SearchEnv | None = None, config: GRPOConfig | None = None,
+                 reference: Policy | None = None) -> None:
         config = config or GRPOConfig()
         if config.kl_coef > 0 and reference is None:
             raise ValueError("GRPOModule: kl_coef > 0 needs a reference policy (Policy.reference())")
-        super().__init__(policy, retriever, rollout_config or RolloutConfig(), prompt or PromptConfig(),
-                         reward or RewardConfig(), reference if config.kl_coef > 0 else None, generator_factory)
+        super().__init__(policy, env, config.optim, reference if config.kl_coef > 0 else None)
         self.config = config
-        self.save_hyperparameters({"grpo": plain(config), "rollout": plain(self.rollout_config)})
-
-    def configure_optimizers(self) -> Any:
-        c = self.config
-        return self.make_optimizer(c.lr, c.weight_decay, c.warmup_steps)
+        self.save_hyperparameters({"grpo": plain(config), "rollout": plain(env.config) if env else None})
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         c = self.config
@@ -146,13 +123,6 @@ class GRPOModule(RoundModule):
         self.log("reward", stats["reward_mean"], prog_bar=True, logger=False, batch_size=1)
         if c.log_text_every and batch_idx % c.log_text_every == 0:
             self.log_trajectories("grpo/trajectories", traj, list(range(min(c.log_text_samples, len(traj)))))
-
-    @property
-    def sampling_temperature(self) -> float:
-        """The temperature rollouts sample at: ratios and the KL compare the policy's distribution
-        at that temperature, so the sampling log-probs are valid old log-probs (ratio 1 at the
-        first step), as in veRL."""
-        return self.rollout_config.temperature or 1.0
 
     def _logprobs(self, policy: Policy, traj: Trajectory) -> torch.Tensor:
         """Masked per-token log-probs of every row, in micro-batches.  # [N, L]"""
@@ -181,7 +151,7 @@ class GRPOModule(RoundModule):
                     for k, v in self._micro_step(traj, micro, advantages, old, ref, norm).items():
                         sums[k] = sums.get(k, 0.0) + v
                     micro_count += 1
-                norms.append(self.optimizer_step_clipped(c.max_grad_norm))
+                norms.append(self.optimizer_step_clipped())
         stats = {k: v / max(micro_count, 1) for k, v in sums.items()}
         stats["grad_norm"] = sum(norms) / max(len(norms), 1)
         stats["trained_frac"] = trained / max(c.ppo_epochs * len(traj), 1)
@@ -230,15 +200,3 @@ class GRPOModule(RoundModule):
         stats.update(pg_loss=masked_mean(loss_mat.detach(), mask), entropy=masked_mean(ent.detach(), mask))
         return {k: float(v) for k, v in stats.items()}
 
-
-def rollout_stats(traj: Trajectory) -> dict[str, float]:
-    """Scalars describing a batch of trajectories (rewards, EM, searches, lengths)."""
-    em = [exact_match(a, g) for a, g in zip(traj.answers, traj.golden_answers, strict=True)]
-    return {
-        "reward_mean": float(traj.rewards.mean()),
-        "em": sum(em) / max(len(em), 1),
-        "mixed_group_frac": mixed_group_fraction(traj.rewards, traj.group_ids),
-        "searches_mean": float(traj.num_searches.float().mean()),
-        "response_length": float(traj.response_lengths.float().mean()),
-        "answered_frac": sum(a is not None for a in traj.answers) / max(len(traj), 1),
-    }

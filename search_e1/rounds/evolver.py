@@ -18,7 +18,7 @@ at any instant (SIGKILL included) and restarted with the same config continues: 
 rerun from the last checkpoint and logs after the steps its killed attempt may have logged (every
 TensorBoard tag's steps strictly increase), and an owed val row is written once.
 
-With ``warmup.demonstrations`` set (`search_e1.warmup`, off by default: a departure for small
+With ``warmup.demonstrations`` set (`search_e1.rounds.warmup`, off by default: a departure for small
 models) a supervised warm-up runs once before round 1 as its own phase: its own Trainer, its steps
 on the same axis, the policy saved to ``checkpoints/warmup``, a val row ``round = warmup``. A run
 killed during the warm-up reruns it from the initial weights (its steps logged after those of the
@@ -39,33 +39,30 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from search_e1.data import RetrievalDataModule
-from search_e1.distributed import full_state_dict, is_distributed
-from search_e1.errors import UserInputError
-from search_e1.evaluate import evaluate_policy
-from search_e1.grpo import GRPOConfig, GRPOModule
+from search_e1.distributed import is_distributed
+from search_e1.errors import UserInputError, writing
 from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
-from search_e1.ofsd import OFSDConfig, OFSDModule
 from search_e1.policy import Policy
-from search_e1.protocol import PromptConfig
-from search_e1.rewards import RewardConfig
-from search_e1.rollout import GeneratorFactory, RolloutConfig, check_prompt_fits
-from search_e1.warmup import WarmupConfig, WarmupExample, WarmupModule, load_demonstrations
+from search_e1.rollout import SearchEnv
+from search_e1.rounds.evaluate import evaluate_policy
+from search_e1.rounds.grpo import GRPOConfig, GRPOModule
+from search_e1.rounds.ofsd import OFSDConfig, OFSDModule
+from search_e1.rounds.warmup import WarmupConfig, WarmupExample, WarmupModule, load_demonstrations
+from search_e1.run_config import STATE_FILE
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "evolver_state.json"
 PHASES = ("grpo", "ofsd")
 
 
@@ -117,6 +114,15 @@ class OffsetTensorBoardLogger(TensorBoardLogger):
         super().log_metrics(metrics, (step or 0) + self.step_offset)
 
 
+class PhaseProgressBar(RichProgressBar):
+    """Lightning's rich bar without the logger's version number (``v_num``): one run, one version."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
 class _AtFitStart(L.Callback):
     """Calls ``fn`` at the start of ``fit``, once the Trainer's processes all run."""
 
@@ -133,30 +139,25 @@ class Evolver:
     Args:
         policy: the policy to train in place.
         datamodule: QA splits and the retriever (set up once here).
+        env: the search environment of every rollout and evaluation (budgets, prompt, reward,
+            backend); its retriever, when None, is the data module's.
         grpo: GRPO round hyperparameters.
         ofsd: OFSD round hyperparameters.
-        rollout: turn and token budgets shared by rollouts and evaluation.
-        prompt: prompt template and information format.
-        reward: reward definition.
         config: schedule and outputs.
         trainer: keyword arguments of every round's ``lightning.Trainer``; ``strategy: fsdp``
             selects FSDP2 through ``ModelParallelStrategy``.
-        generator_factory: rollout backend for training and evaluation (default: HF generate).
         warmup: supervised warm-up before round 1 (runs only when ``warmup.demonstrations`` is set).
     """
 
     def __init__(
-        self, policy: Policy, datamodule: RetrievalDataModule, grpo: GRPOConfig | None = None,
-        ofsd: OFSDConfig | None = None, rollout: RolloutConfig | None = None,
-        prompt: PromptConfig | None = None, reward: RewardConfig | None = None,
-        config: EvolverConfig | None = None, trainer: dict[str, Any] | None = None,
-        generator_factory: GeneratorFactory | None = None, warmup: WarmupConfig | None = None,
+        self, policy: Policy, datamodule: RetrievalDataModule, env: SearchEnv | None = None,
+        grpo: GRPOConfig | None = None, ofsd: OFSDConfig | None = None, config: EvolverConfig | None = None,
+        trainer: dict[str, Any] | None = None, warmup: WarmupConfig | None = None,
     ) -> None:
-        self.generator_factory = generator_factory
         self.warmup = warmup
         self.policy, self.datamodule = policy, datamodule
+        self.env = env or SearchEnv()
         self.grpo, self.ofsd = grpo or GRPOConfig(), ofsd or OFSDConfig()
-        self.rollout, self.prompt, self.reward = rollout or RolloutConfig(), prompt or PromptConfig(), reward or RewardConfig()
         self.config = config or EvolverConfig()
         self.trainer_kwargs = dict(trainer or {})
         self.run_dir = Path(self.config.run_dir)
@@ -171,9 +172,9 @@ class Evolver:
         """Run (or resume) every round; returns the final state."""
         if set_mmap_threshold(self.config.malloc_mmap_threshold_mb):
             log.info("allocations of %d MiB and more are unmapped when freed", self.config.malloc_mmap_threshold_mb)
-        check_prompt_fits(self.policy.tokenizer, self.prompt, self.rollout)
+        self.env.check_prompt_fits(self.policy.tokenizer)
         self._check_trainer()
-        self.datamodule.setup("fit")
+        self._setup_data("fit")
         self._maybe_resume()
         self._evaluate_pending()  # a run killed during an evaluation writes that row first
         if self.state["round"] > self.config.rounds:
@@ -200,12 +201,17 @@ class Evolver:
 
     def evaluate(self, split: str = "val", max_questions: int = 0) -> dict[str, dict[str, float]]:
         """Greedy evaluation of the current policy on a split of the data module."""
-        self.datamodule.setup("fit" if split in ("train", "val") else "test")
+        self._setup_data("fit" if split in ("train", "val") else "test")
         examples = self.datamodule.examples(split)
         if max_questions:
             examples = examples[:max_questions]
-        return evaluate_policy(self.policy, self.datamodule.retriever, examples, self.rollout, self.prompt,
-                               self.reward, self.config.eval_batch_size, generator_factory=self.generator_factory)
+        return evaluate_policy(self.policy, self.env, examples, self.config.eval_batch_size)
+
+    def _setup_data(self, stage: str) -> None:
+        """Set the data module up for ``stage``; the environment searches its retriever unless it has its own."""
+        self.datamodule.setup(stage)
+        if self.env.retriever is None:
+            self.env = self.env.with_retriever(self.datamodule.retriever)
 
     # ---------------------------------------------------------------- phases
     def _pending_warmup(self) -> list[WarmupExample] | None:
@@ -217,7 +223,7 @@ class Evolver:
             log.warning("%s was started without a warm-up; it is not added in the middle of the run",
                         self.run_dir)
             return None
-        return load_demonstrations(c.demonstrations, self.policy.tokenizer, self.prompt, self.rollout,
+        return load_demonstrations(c.demonstrations, self.policy.tokenizer, self.env.prompt, self.env.config,
                                    c.max_examples)
 
     def _run_warmup(self, demonstrations: list[WarmupExample]) -> None:
@@ -234,11 +240,11 @@ class Evolver:
         self.logger.step_offset = self.state["step_offset"]
         self._release_memory("warm-up")
         path = self.run_dir / "checkpoints" / "warmup"
-        self.save_policy(path)
+        self.policy.save_pretrained(path)
         self.state.update(checkpoint="warmup", warmup="done", pending_eval="warmup")
         self._write_state()
         if self.reference is not None:
-            load_policy_weights(self.reference.model, path)
+            self.reference.load_weights(path)
         self._evaluate_pending()
 
     def _trainer(self) -> L.Trainer:
@@ -254,7 +260,10 @@ class Evolver:
             devices = kwargs.get("devices", 1)
             n = int(devices) if str(devices).isdigit() else "auto"
             kwargs["strategy"] = ModelParallelStrategy(data_parallel_size=n, tensor_parallel_size=1)
-        kwargs.update(logger=self.logger, callbacks=[_AtFitStart(self._write_state)], max_epochs=1,
+        callbacks: list[L.Callback] = [_AtFitStart(self._write_state)]
+        if kwargs.get("enable_progress_bar", True) is not False:
+            callbacks.append(PhaseProgressBar())
+        kwargs.update(logger=self.logger, callbacks=callbacks, max_epochs=1,
                       enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
                       use_distributed_sampler=False)
         kwargs.setdefault("log_every_n_steps", 1)
@@ -292,12 +301,10 @@ class Evolver:
         if steps:
             self._begin_phase(steps)
             self.datamodule.schedule_round(self.state["grpo_batches"], steps)
-            module = GRPOModule(self.policy, self.datamodule.retriever, self.grpo, self.rollout, self.prompt,
-                                self.reward, reference=self.reference, generator_factory=self.generator_factory)
+            module = GRPOModule(self.policy, self.env, self.grpo, reference=self.reference)
             with warnings.catch_warnings():  # val batches are the Evolver's to evaluate, not Lightning's
                 warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no")
                 self._trainer().fit(module, datamodule=self.datamodule)
-            self.datamodule.trainer = None  # else it keeps the phase's Trainer, module and AdamW state alive
         self.state["grpo_batches"] += steps
         return steps
 
@@ -306,10 +313,8 @@ class Evolver:
         if steps:
             self._begin_phase(steps)
             sample = self.datamodule.sample_train(self.ofsd.num_questions, seed=self.config.seed + 1000 + r)
-            module = OFSDModule(self.policy, self.datamodule.retriever,
-                                [(e.question, list(e.golden_answers)) for e in sample], steps, self.ofsd,
-                                self.rollout, self.prompt, self.reward, out_dir=self.run_dir / "ofsd" / f"round_{r}",
-                                generator_factory=self.generator_factory)
+            module = OFSDModule(self.policy, self.env, [(e.question, list(e.golden_answers)) for e in sample], steps,
+                                self.ofsd, out_dir=self.run_dir / "ofsd" / f"round_{r}")
             self._trainer().fit(module)
         return steps
 
@@ -322,7 +327,7 @@ class Evolver:
         end_of_round = self.state["phase"] == len(PHASES) - 1
         r = self.state["round"]
         name = f"round_{r}" if end_of_round else "last"  # never the name the state holds now
-        self.save_policy(self.run_dir / "checkpoints" / name)
+        self.policy.save_pretrained(self.run_dir / "checkpoints" / name)
         self.state["checkpoint"] = name
         self.state.pop("started", None)
         if end_of_round:
@@ -370,7 +375,7 @@ class Evolver:
             return [row["round"] for row in csv.DictReader(f)]
 
     def _evaluate(self, round_: int | str) -> None:
-        if not self.datamodule.files["val"]:
+        if not self.datamodule.has_split("val"):
             return
         results = self.evaluate("val", self.config.eval_max_questions)["all"]
         row = {"round": round_, "step": self.state["step_offset"], **{k: round(v, 4) for k, v in results.items()}}
@@ -396,26 +401,10 @@ class Evolver:
             f.flush()
             os.fsync(f.fileno())
 
-    def save_policy(self, path: Path) -> None:
-        """Save the (possibly sharded) policy as a Hugging Face directory, atomically (rank 0)."""
-        state = full_state_dict(self.policy.model)
-        if is_distributed() and torch.distributed.get_rank() != 0:
-            torch.distributed.barrier()
-            return
-        tmp = path.with_name(path.name + ".tmp")
-        with _writing(path, tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.policy.model.save_pretrained(tmp, state_dict=state)
-            self.policy.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-        if is_distributed():
-            torch.distributed.barrier()
-
     @rank_zero_only
     def _write_state(self) -> None:
         tmp = self.run_dir / (STATE_FILE + ".tmp")
-        with _writing(self.run_dir / STATE_FILE, tmp):
+        with writing(self.run_dir / STATE_FILE, tmp):
             tmp.write_text(json.dumps(self.state, indent=2))
             os.replace(tmp, self.run_dir / STATE_FILE)
 
@@ -437,53 +426,7 @@ class Evolver:
             # the reference is the policy as it entered round 1: the warm-up's, else the initial weights
             self.reference = self.policy.reference()
             if self.state.get("warmup") == "done":
-                load_policy_weights(self.reference.model, self.run_dir / "checkpoints" / "warmup")
-        load_policy_weights(self.policy.model, self.run_dir / "checkpoints" / self.state["checkpoint"])
-        self.policy.mark_weights_changed()
+                self.reference.load_weights(self.run_dir / "checkpoints" / "warmup")
+        self.policy.load_weights(self.run_dir / "checkpoints" / self.state["checkpoint"])
         log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
                  PHASES[self.state["phase"]], self.state["step_offset"])
-
-
-@contextmanager
-def _writing(target: Path, tmp: Path) -> Iterator[None]:
-    """An error while writing ``target`` through ``tmp`` (full disk, read-only directory) becomes a
-    `UserInputError` naming it; the half-written ``tmp`` is removed and the state on disk still
-    names the last finished phase, so the same command resumes once the cause is fixed."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, SafetensorError) as err:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        raise UserInputError(f"cannot write {target} ({getattr(err, 'strerror', None) or err}); the run keeps its "
-                             "last finished phase: free space or fix permissions, then run the same command") from None
-
-
-def load_policy_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load the safetensors weights of a `Evolver.save_policy` directory into ``model`` (unsharded);
-    a missing ``lm_head`` (tied to the embeddings) is accepted."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(ckpt).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"cannot resume: {ckpt} holds no weights")
-    weights: dict[str, torch.Tensor] = {}
-    for f in files:
-        weights.update(load_file(str(f)))
-    own = model.state_dict()
-    mismatched = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    missing = [k for k in own if k not in weights and "lm_head" not in k]
-    unexpected = [k for k in weights if k not in own]
-    if mismatched or missing or unexpected:
-        first = mismatched[0] if mismatched else None
-        detail = (f"{len(mismatched)} tensors of another shape (first: {first} {tuple(weights[first].shape)} in "
-                  f"the checkpoint, {tuple(own[first].shape)} in the policy)" if first else
-                  f"{len(missing)} tensors missing, {len(unexpected)} unexpected (first: "
-                  f"{(missing + unexpected)[0]})")
-        raise UserInputError(f"checkpoint {ckpt} does not fit the policy: {detail}; was the run started with "
-                             "another policy.path?")
-    model.load_state_dict(weights, strict=False)
