@@ -7,12 +7,17 @@
 
    * ``grpo``: each round ``grpo_steps + k`` GRPO steps, no OFSD;
    * ``search-e1``: each round ``grpo_steps`` GRPO steps, then an OFSD round of ``k`` optimiser
-     steps on ``--ofsd-questions`` questions x G fresh trajectories (G = ``grpo.group_size``).
+     steps on ``--ofsd-questions`` questions x G fresh trajectories (G = ``grpo.group_size``);
+   * ``gspo``, ``dapo``, ``dr-grpo``, ``grpo-llds``: the ``grpo`` arm with that policy loss /
+     recipe (`ARMS` lists the flags);
+   * ``search-e1-onpolicy``: the ``search-e1`` arm whose OFSD data is refreshed from the current
+     policy every ``k/2`` steps, on half the questions each time (the same trajectories in all).
 
-   With ``k = ofsd_questions / data.batch_size`` both arms sample the same number of
-   trajectories (GRPO: batch x G per step; OFSD: num_questions x G per round) and take the same
-   number of optimiser steps per round (one per GRPO step, ``k`` per OFSD round). The arms differ
-   only in what the extra ``k`` steps learn from: more GRPO batches, or self-distillation.
+   With ``k = ofsd_questions / data.batch_size`` the arms sample the same number of trajectories
+   (GRPO: batch x G per step; OFSD: num_questions x G per round; DAPO's refills excepted: it
+   samples up to one extra batch per step, by design) and take the same number of optimiser steps
+   per round (one per GRPO step, ``k`` per OFSD round). The arms differ only in what those steps
+   learn from. ``--arms`` selects arms by name.
 3. Each run's val table gives EM and searches per question after every round against the
    trajectories sampled so far; the last checkpoint is evaluated greedily on val and test, split
    by hop count (single-hop, two-hop, all), with searches per correct answer and generated tokens
@@ -22,7 +27,8 @@
 Every run is a child process of the real CLI (``search-e1 fit``), so the benchmark measures what
 users run. Run::
 
-    python bin/bench_learning.py                      # 2 arms x 3 seeds, ~1.5 h on 2 cores
+    python bin/bench_learning.py                      # grpo and search-e1 x 3 seeds, ~1.5 h on 2 cores
+    python bin/bench_learning.py --rounds 1 --arms grpo,search-e1,gspo,dapo,search-e1-onpolicy
     python bin/bench_learning.py --seeds 0 --rounds 1 # smoke run
 """
 
@@ -46,7 +52,20 @@ from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_learning")
-ARMS = ("grpo", "search-e1")
+GRPO_ONLY, WITH_OFSD = "grpo", "search-e1"
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "grpo": (GRPO_ONLY, []),
+    "search-e1": (WITH_OFSD, []),
+    "gspo": (GRPO_ONLY, ["--grpo.policy_loss", "gspo", "--grpo.clip_low", "3.0e-4", "--grpo.clip_high", "4.0e-4",
+                         "--grpo.loss_agg", "seq-mean-token-mean"]),
+    "dapo": (GRPO_ONLY, ["--grpo.clip_high", "0.28", "--grpo.dynamic_sampling", "true",
+                         "--grpo.dynamic_sampling_max_rollouts", "1", "--grpo.overlong_filter", "true"]),
+    "dr-grpo": (GRPO_ONLY, ["--grpo.advantage", "grpo_no_std", "--grpo.loss_agg", "seq-mean-token-sum-norm"]),
+    "grpo-llds": (GRPO_ONLY, ["--grpo.llds_coef", "0.2", "--grpo.mini_batch_size", "8"]),
+    "search-e1-onpolicy": (WITH_OFSD, []),  # refresh flags depend on k: `arm_overrides`
+}
+"""Arm name -> (schedule: GRPO only, or GRPO + OFSD at an equal budget; extra ``search-e1 fit`` flags)."""
+DEFAULT_ARMS = ("grpo", "search-e1")
 
 
 def fit(config: str, run_dir: Path, overrides: list[str]) -> float:
@@ -61,15 +80,20 @@ def fit(config: str, run_dir: Path, overrides: list[str]) -> float:
 
 
 def arm_overrides(arm: str, args: argparse.Namespace, k: int) -> list[str]:
-    if arm == "grpo":
-        return ["--evolver.grpo_steps", str(args.grpo_steps + k), "--evolver.ofsd_steps", "0"]
-    return ["--evolver.grpo_steps", str(args.grpo_steps), "--evolver.ofsd_steps", str(k)]
+    schedule, flags = ARMS[arm]
+    if schedule == GRPO_ONLY:
+        return ["--evolver.grpo_steps", str(args.grpo_steps + k), "--evolver.ofsd_steps", "0", *flags]
+    if arm == "search-e1-onpolicy":  # two data sets of half the questions: the same trajectories
+        if k % 2 or args.ofsd_questions % 2:
+            raise SystemExit("search-e1-onpolicy needs an even k and an even --ofsd-questions")
+        flags = ["--ofsd.refresh_every", str(k // 2), "--ofsd.num_questions", str(args.ofsd_questions // 2)]
+    return ["--evolver.grpo_steps", str(args.grpo_steps), "--evolver.ofsd_steps", str(k), *flags]
 
 
 def val_curve(run_dir: Path, arm: str, args: argparse.Namespace, k: int, batch: int, group: int,
               ofsd_questions: int) -> list[dict[str, float]]:
     """EM and searches per question after each round against the trajectories sampled so far."""
-    per_round = (args.grpo_steps + k) * batch * group if arm == "grpo" else \
+    per_round = (args.grpo_steps + k) * batch * group if ARMS[arm][0] == GRPO_ONLY else \
         args.grpo_steps * batch * group + ofsd_questions * group
     rows = list(csv.DictReader((run_dir / "val_table.csv").open()))
     curve = []
@@ -146,7 +170,7 @@ def table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="learning: GRPO only vs Search-E1 (mean ± std over seeds)")
+    t = Table(title="learning at an equal budget (mean ± std over seeds)")
     t.add_column("figure")
     arms = list(summary)
     for arm in arms:
@@ -174,7 +198,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> bool:
         log.warning("matplotlib is not installed: no plot (pip install matplotlib)")
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colors = {"grpo": "tab:blue", "search-e1": "tab:red"}
+    colors = {"grpo": "tab:blue", "search-e1": "tab:red", "gspo": "tab:green", "dapo": "tab:orange",
+              "dr-grpo": "tab:purple", "grpo-llds": "tab:brown", "search-e1-onpolicy": "tab:pink"}
     for r in runs:
         if "curve" not in r:
             continue
@@ -196,7 +221,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated arm names: {', '.join(ARMS)}")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps per round of the search-e1 arm")
@@ -213,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if ofsd_q % batch:
         raise SystemExit("equal budgets need --ofsd-questions a multiple of data.batch_size")
     k = ofsd_q // batch
+    unknown = [a for a in args.arms.split(",") if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warm_dir = out / "warmup"

@@ -138,8 +138,8 @@ def test_invalid_value_is_refused_by_the_config_class(caplog):
 def test_help_lists_knobs_with_docstrings(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
-    out = capsys.readouterr().out
-    for flag, doc in [("--grpo.kl_coef", "reference policy"), ("--ofsd.show_documents", "retrieved documents"),
+    out = " ".join(capsys.readouterr().out.split())  # help text is wrapped to the terminal width
+    for flag, doc in [("--grpo.kl_coef", "reference policy"), ("--ofsd.teacher_view", "documents elided"),
                       ("--evolver.rounds", "(GRPO round, OFSD round)"), ("--rollout.max_turns", "Generation turns"),
                       ("--warmup.demonstrations", "Chat-message JSONL"), ("--warmup.steps", "Optimiser steps"),
                       ("--warmup.micro_batch_size", "per forward/backward"), ("--warmup.max_examples", "first N"),
@@ -148,7 +148,13 @@ def test_help_lists_knobs_with_docstrings(capsys):
                       ("--grpo.skip_zero_advantage", "advantage 0"), ("--rollout.vllm.release_kv", "KV cache"),
                       ("--evolver.accept_config_change", "config_changes.log"),
                       ("--policy.gradient_checkpointing", "Recompute"), ("--ofsd.max_epochs", "Passes over"),
-                      ("--trainer.precision", None)]:
+                      ("--trainer.precision", None),
+                      # the GRPO family and the distillation variants, each by name
+                      ("--grpo.policy_loss", "gspo"), ("--grpo.advantage", "grpo_no_std (Dr.GRPO"),
+                      ("--grpo.loss_agg", "seq-mean-token-sum-norm (Dr.GRPO)"), ("--grpo.dynamic_sampling", "DAPO"),
+                      ("--grpo.overlong_filter", "DAPO"), ("--grpo.llds_coef", "LLDS"), ("--grpo.llds_gate", "response"),
+                      ("--ofsd.loss", "reverse_kl, jsd"), ("--ofsd.jsd_beta", "beta"), ("--ofsd.tokens", "queries"),
+                      ("--ofsd.teacher_view", "answer"), ("--ofsd.refresh_every", "on-policy")]:
         assert flag in out and (doc is None or doc in out), flag
 
 

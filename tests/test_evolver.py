@@ -353,7 +353,7 @@ def test_ofsd_round_makes_at_most_max_epochs_passes(smol_tokenizer):
         module = OFSDModule(make_tiny_policy(smol_tokenizer), None, [], steps=4,
                             config=OFSDConfig(batch_size=2, micro_batch_size=1, max_epochs=epochs))
         module.examples = examples
-        assert [b["response_mask"].shape[0] for b in module.train_dataloader()] == sizes
+        assert [module.batch(int(k))["response_mask"].shape[0] for k in module.train_dataloader()] == sizes
 
 
 def test_finished_phases_leave_no_trainer_module_or_optimiser_alive(tmp_path, smol_tokenizer):

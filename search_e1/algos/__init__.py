@@ -1,11 +1,15 @@
 """Pure tensor functions of Search-E1's two rounds, with variants picked by name from registries.
 
-- `advantages`: GRPO group-relative advantages (``grpo``, ``grpo_no_std``), mixed-group share.
+- `advantages`: GRPO group-relative advantages (``grpo``, ``grpo_no_std`` = Dr.GRPO), mixed groups.
 - `policy_loss`: masked reductions, `agg_loss` (``token-mean``, ``seq-mean-token-mean``,
-  ``seq-mean-token-sum``), the PPO clipped surrogate (``ppo_clip``).
+  ``seq-mean-token-sum``, ``seq-mean-token-sum-norm`` = Dr.GRPO), the PPO clipped surrogate
+  (``ppo_clip``, DAPO's clip-higher with ``clip_high > clip_low``) and GSPO's sequence-level one
+  (``gspo``).
+- `llds`: the likelihood-preserving LLDS regulariser (gates ``action``, ``response``).
 - `kl`: per-token KL(pi || pi_ref) estimators (``k1``, ``k2``, ``k3`` / ``low_var_kl``).
-- `distill`: token-level forward KL(teacher || student), full vocabulary and teacher top-k
-  (``forward_kl``, ``forward_kl_topk``), chunked with an analytic backward.
+- `distill`: token-level divergences teacher -> student: forward KL, full vocabulary and teacher
+  top-k (``forward_kl``, ``forward_kl_topk``, chunked with an analytic backward), ``reverse_kl``
+  and ``jsd`` (generalised JSD with ``beta``).
 - `siblings`: the more efficient correct sibling shown to the OFSD teacher (``most_efficient``).
 
 The loss mask has one meaning everywhere: 1 = token sampled by the policy, 0 = prompt, inserted
@@ -26,6 +30,7 @@ from search_e1.algos.advantages import (
     group_advantages,
     group_stats,
     mixed_group_fraction,
+    mixed_group_rows,
     register_advantage_estimator,
 )
 from search_e1.algos.distill import (
@@ -36,8 +41,10 @@ from search_e1.algos.distill import (
     forward_kl,
     forward_kl_topk,
     get_distill_loss,
+    jsd,
     make_teacher_targets,
     register_distill_loss,
+    reverse_kl,
     teacher_topk,
 )
 from search_e1.algos.kl import (
@@ -46,6 +53,7 @@ from search_e1.algos.kl import (
     kl_estimate,
     register_kl_estimator,
 )
+from search_e1.algos.llds import LLDS_GATES, get_llds_gate, llds_penalty
 from search_e1.algos.policy_loss import (
     LOSS_AGG_MODES,
     POLICY_LOSSES,
@@ -53,6 +61,7 @@ from search_e1.algos.policy_loss import (
     clipped_policy_loss,
     get_agg_mode,
     get_policy_loss,
+    gspo_policy_loss,
     masked_mean,
     masked_sum,
     register_agg_mode,
@@ -69,6 +78,7 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "DISTILL_LOSSES",
     "KL_ESTIMATORS",
+    "LLDS_GATES",
     "LOSS_AGG_MODES",
     "POLICY_LOSSES",
     "SIBLING_SELECTORS",
@@ -83,21 +93,27 @@ __all__ = [
     "get_agg_mode",
     "get_distill_loss",
     "get_kl_estimator",
+    "get_llds_gate",
     "get_policy_loss",
     "get_sibling_selector",
     "group_advantages",
     "group_stats",
+    "gspo_policy_loss",
+    "jsd",
     "kl_estimate",
+    "llds_penalty",
     "make_teacher_targets",
     "masked_mean",
     "masked_sum",
     "mixed_group_fraction",
+    "mixed_group_rows",
     "register_advantage_estimator",
     "register_agg_mode",
     "register_distill_loss",
     "register_kl_estimator",
     "register_policy_loss",
     "register_sibling_selector",
+    "reverse_kl",
     "select_siblings",
     "teacher_topk",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "group_advantages",
     "group_stats",
     "mixed_group_fraction",
+    "mixed_group_rows",
     "register_advantage_estimator",
 ]
 
@@ -99,6 +100,17 @@ def group_advantages(
     return torch.where(keep, adv, torch.zeros_like(adv))  # [N]
 
 
+def _mixed_groups(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mixed [G] bool, inv [N])``: whether each group's rewards differ, and each row's group."""
+    r = _float(rewards)  # [N]
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N]
+    num_groups = int(inv.max().item()) + 1
+    init = torch.zeros(num_groups, dtype=r.dtype, device=r.device)  # [G]
+    hi = init.scatter_reduce(0, inv, r, reduce="amax", include_self=False)  # [G]
+    lo = init.scatter_reduce(0, inv, r, reduce="amin", include_self=False)  # [G]
+    return hi != lo, inv
+
+
 def mixed_group_fraction(rewards: Tensor, group_ids: Tensor) -> float:
     """Share of groups whose rewards are not all equal (only those give GRPO a gradient signal).
 
@@ -106,13 +118,21 @@ def mixed_group_fraction(rewards: Tensor, group_ids: Tensor) -> float:
     """
     if rewards.numel() == 0:
         return 0.0
-    r = _float(rewards)  # [N]
-    _, inv = torch.unique(group_ids, return_inverse=True)  # [N]
-    num_groups = int(inv.max().item()) + 1
-    init = torch.zeros(num_groups, dtype=r.dtype, device=r.device)  # [G]
-    hi = init.scatter_reduce(0, inv, r, reduce="amax", include_self=False)  # [G]
-    lo = init.scatter_reduce(0, inv, r, reduce="amin", include_self=False)  # [G]
-    return float((hi != lo).float().mean().item())
+    mixed, _ = _mixed_groups(rewards, group_ids)
+    return float(mixed.float().mean().item())
+
+
+def mixed_group_rows(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """``[N]`` bool: the row's group has rewards that are not all equal (DAPO's dynamic sampling
+    keeps exactly these rows).
+
+    >>> mixed_group_rows(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
+    tensor([ True,  True, False, False])
+    """
+    if rewards.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=rewards.device)
+    mixed, inv = _mixed_groups(rewards, group_ids)
+    return mixed[inv]
 
 
 # --- registry ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Token-level forward KL(teacher || student) for offline self-distillation (OFSD), memory-lean.
+"""Token-level divergences teacher -> student for offline self-distillation (OFSD), memory-lean.
 
 At every position the policy sampled (loss mask 1) the OFSD loss is ``KL(p_t || p_s) =
 sum_v p_t(v) (log p_t(v) - log p_s(v))``: teacher = the policy without gradient on the privileged
@@ -16,6 +16,15 @@ on the trajectory's tokens.
   teacher's tail mass and make the loss scale depend on ``k``. Same chunked Function, so a teacher
   pass keeps only ``K`` ids and log-probs per token (`teacher_topk`).
 
+- `reverse_kl`: ``KL(p_s || p_t) = sum_v p_s (log p_s - log p_t)`` (mode-seeking: the student
+  concentrates on what the teacher deems likely), full vocabulary.
+- `jsd`: the generalised Jensen-Shannon divergence of GKD (Agarwal et al., 2024) with ``beta``:
+  ``beta KL(p_t || m) + (1 - beta) KL(p_s || m)``, ``m = beta p_t + (1 - beta) p_s``; bounded,
+  symmetric at ``beta = 0.5``.
+
+Both walk the masked rows in chunks with ordinary autograd (their backward keeps one chunk's
+``[C, V]`` tensors); only a `FullTeacher` has the teacher's whole distribution they need.
+
 Common signature (registry `DISTILL_LOSSES`): ``loss_fn(student_logits [B, T, V], teacher:
 TeacherTargets, mask [B, T] | None) -> [B, T]``; `TeacherTargets` is `FullTeacher` (logits) or
 `TopKTeacher` (ids + log-probs), each carrying the temperature that also scales the student.
@@ -28,6 +37,7 @@ logits) whatever the logits' dtype; the teacher is a constant even if its logits
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,6 +56,8 @@ __all__ = [
     "forward_kl",
     "forward_kl_topk",
     "get_distill_loss",
+    "jsd",
+    "reverse_kl",
     "make_teacher_targets",
     "register_distill_loss",
     "teacher_topk",
@@ -290,3 +302,76 @@ def forward_kl_topk_loss(
     return forward_kl_topk(
         student_logits, teacher.ids, teacher.logprobs, mask, teacher.temperature
     )  # [B, T]
+
+
+def _masked_rows(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    if teacher_logits.shape != student_logits.shape or student_logits.dim() != 3:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} "
+                         "logits must both be [B, T, V]")
+    if mask is None:
+        mask = torch.ones(student_logits.shape[:2], dtype=torch.bool, device=student_logits.device)
+    return torch.nonzero(mask != 0, as_tuple=True)  # [M], [M]
+
+
+def _per_row(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None, tau: float, chunk_size: int,
+             fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``fn(log p_s [C, V], log p_t [C, V]) -> [C]`` on the masked rows, chunk by chunk; ``[B, T]``."""
+    b_idx, t_idx = _masked_rows(student_logits, teacher_logits, mask)
+    dtype = _compute_dtype(student_logits)
+    parts = []
+    for b, t in _chunks(b_idx, t_idx, chunk_size):
+        ls = F.log_softmax(student_logits[b, t].to(dtype) / tau, dim=-1)  # [C, V]
+        lt = F.log_softmax(teacher_logits[b, t].detach().to(dtype) / tau, dim=-1)  # [C, V]
+        parts.append(fn(ls, lt))  # [C]
+    out = torch.zeros(student_logits.shape[:2], dtype=dtype, device=student_logits.device)  # [B, T]
+    return out.index_put((b_idx, t_idx), torch.cat(parts)) if parts else out
+
+
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+               temperature: float = 1.0, chunk_size: int = 1024) -> Tensor:
+    """Per-token ``KL(softmax(z_s/tau) || softmax(z_t/tau))`` ``[B, T]``, 0 under mask 0.
+
+    Worked example (V = 2, one position): ``p_s = [0.5, 0.5]``, ``p_t = [0.8, 0.2]``:
+    ``0.5 log(0.5/0.8) + 0.5 log(0.5/0.2) = 0.2231``.
+    """
+    return _per_row(student_logits, teacher_logits, mask, temperature, chunk_size,
+                    lambda ls, lt: (ls.exp() * (ls - lt)).sum(-1))
+
+
+def jsd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None, beta: float = 0.5,
+        temperature: float = 1.0, chunk_size: int = 1024) -> Tensor:
+    """Per-token generalised JSD ``beta KL(p_t || m) + (1 - beta) KL(p_s || m)``,
+    ``m = beta p_t + (1 - beta) p_s`` ``[B, T]``, 0 under mask 0; ``0 < beta < 1``.
+
+    Worked example (V = 2, beta = 0.5): ``p_s = [0.5, 0.5]``, ``p_t = [0.8, 0.2]``, ``m = [0.65, 0.35]``:
+    ``0.5 (0.8 log(0.8/0.65) + 0.2 log(0.2/0.35)) + 0.5 (0.5 log(0.5/0.65) + 0.5 log(0.5/0.35)) = 0.0507``.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
+    lb, l1b = math.log(beta), math.log1p(-beta)
+
+    def fn(ls: Tensor, lt: Tensor) -> Tensor:
+        lm = torch.logsumexp(torch.stack([lt + lb, ls + l1b]), dim=0)  # [C, V]
+        return beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
+
+    return _per_row(student_logits, teacher_logits, mask, temperature, chunk_size, fn)
+
+
+def _full(name: str, teacher: TeacherTargets) -> FullTeacher:
+    if not isinstance(teacher, FullTeacher):
+        raise TypeError(f"{name!r} needs the teacher's full distribution (FullTeacher: ofsd.teacher_topk 0)")
+    return teacher
+
+
+@register_distill_loss("reverse_kl")
+def reverse_kl_loss(student_logits: Tensor, teacher: TeacherTargets, mask: Tensor | None) -> Tensor:
+    """`reverse_kl` against a `FullTeacher`: ``[B, T, V] -> [B, T]``."""
+    t = _full("reverse_kl", teacher)
+    return reverse_kl(student_logits, t.logits, mask, t.temperature)
+
+
+@register_distill_loss("jsd")
+def jsd_loss(student_logits: Tensor, teacher: TeacherTargets, mask: Tensor | None, beta: float = 0.5) -> Tensor:
+    """`jsd` against a `FullTeacher`: ``[B, T, V] -> [B, T]`` (``beta`` from ``ofsd.jsd_beta``)."""
+    t = _full("jsd", teacher)
+    return jsd(student_logits, t.logits, mask, beta, t.temperature)

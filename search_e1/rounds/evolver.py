@@ -1,6 +1,7 @@
 """Evolver: alternates GRPO and OFSD rounds on one policy, with one logger and resumable state.
 
-    evolver = Evolver(policy, datamodule, grpo=GRPOConfig(), ofsd=OFSDConfig(), config=EvolverConfig())
+    env = SearchEnv(config=RolloutConfig(max_turns=3), prompt=PromptConfig(preset="few_shot"))
+    evolver = Evolver(policy, datamodule, env, grpo=GRPOConfig(), ofsd=OFSDConfig(), config=EvolverConfig())
     evolver.fit()          # rounds x (GRPO round of grpo_steps, OFSD round of ofsd_steps)
 
 Per phase a NEW LightningModule and a NEW ``Trainer`` (a reused Trainer silently skips later
@@ -301,12 +302,17 @@ class Evolver:
         if steps:
             self._begin_phase(steps)
             self.datamodule.schedule_round(self.state["grpo_batches"], steps)
-            module = GRPOModule(self.policy, self.env, self.grpo, reference=self.reference)
+            module = GRPOModule(self.policy, self.env, self.grpo, reference=self.reference,
+                                question_source=self.train_questions)
             with warnings.catch_warnings():  # val batches are the Evolver's to evaluate, not Lightning's
                 warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no")
                 self._trainer().fit(module, datamodule=self.datamodule)
         self.state["grpo_batches"] += steps
         return steps
+
+    def train_questions(self, k: int, seed: int) -> list[tuple[str, list[str]]]:
+        """``k`` training questions drawn with ``seed`` (offset by the run's seed): DAPO's refills."""
+        return [(e.question, list(e.golden_answers)) for e in self.datamodule.sample_train(k, seed=self.config.seed + seed)]
 
     def _run_ofsd(self) -> int:
         steps, r = self.config.ofsd_steps, self.state["round"]
@@ -314,7 +320,8 @@ class Evolver:
             self._begin_phase(steps)
             sample = self.datamodule.sample_train(self.ofsd.num_questions, seed=self.config.seed + 1000 + r)
             module = OFSDModule(self.policy, self.env, [(e.question, list(e.golden_answers)) for e in sample], steps,
-                                self.ofsd, out_dir=self.run_dir / "ofsd" / f"round_{r}")
+                                self.ofsd, out_dir=self.run_dir / "ofsd" / f"round_{r}",
+                                question_source=self.train_questions)
             self._trainer().fit(module)
         return steps
 

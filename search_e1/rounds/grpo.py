@@ -10,11 +10,25 @@ blocks, feedback and padding never carry gradient, the KL term included.
 As in Search-R1's GRPO recipe, except: generation stops at ``</search>``; the KL term is the k3
 estimator to a frozen copy of the initial policy, added to the loss (not to the reward); losses
 are aggregated by `search_e1.algos.agg_loss` (token mean over the mini-batch by default).
+
+The GRPO family, a config line each (see the README's recipe table):
+
+* Dr.GRPO: ``advantage: grpo_no_std`` and ``loss_agg: seq-mean-token-sum-norm`` (token sums over
+  the constant ``loss_norm_tokens``);
+* DAPO: ``clip_high: 0.28`` (clip-higher), ``dynamic_sampling: true`` (groups whose rewards are
+  all equal are dropped and the batch is refilled with fresh questions, up to
+  ``dynamic_sampling_max_rollouts`` extra rollouts), ``overlong_filter: true`` (trajectories cut by
+  ``rollout.max_total_tokens`` carry no loss);
+* GSPO: ``policy_loss: gspo`` with ``clip_low: 3.0e-4, clip_high: 4.0e-4`` and ``loss_agg:
+  seq-mean-token-mean`` (sequence-level ratio, `search_e1.algos.gspo_policy_loss`);
+* LLDS: ``llds_coef: 0.2`` (with any of the above; `search_e1.algos.llds`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,14 +38,22 @@ from search_e1.algos import (
     get_advantage_estimator,
     get_agg_mode,
     get_kl_estimator,
+    get_llds_gate,
     get_policy_loss,
+    llds_penalty,
     masked_mean,
+    mixed_group_rows,
 )
 from search_e1.config import plain
-from search_e1.distributed import max_over_ranks
+from search_e1.distributed import any_rank, max_over_ranks
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
 from search_e1.rounds.base import OptimConfig, RoundModule
+
+log = logging.getLogger(__name__)
+
+QuestionSource = Callable[[int, int], list[tuple[str, list[str]]]]
+"""``(k, seed) -> k (question, golden_answers) pairs`` drawn from the training split."""
 
 
 @dataclass
@@ -57,11 +79,23 @@ class GRPOConfig:
     kl_estimator: str = "k3"
     """KL estimator: k1, k2, k3 (low variance)."""
     advantage: str = "grpo"
-    """Advantage estimator: grpo (mean and std of the group) or grpo_no_std."""
+    """Advantage estimator: grpo (mean and std of the group) or grpo_no_std (Dr.GRPO: mean only)."""
     policy_loss: str = "ppo_clip"
-    """Policy loss from the registry in search_e1.algos."""
+    """Policy loss: ppo_clip (token ratio; DAPO's clip-higher with clip_high > clip_low) or gspo (sequence ratio, clip 3e-4/4e-4)."""
     loss_agg: str = "token-mean"
-    """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum."""
+    """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm (Dr.GRPO)."""
+    loss_norm_tokens: int = 0
+    """seq-mean-token-sum-norm's constant divisor; 0 = the rollout's sampling budget (max_turns x max_new_tokens)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and refill the batch with fresh questions."""
+    dynamic_sampling_max_rollouts: int = 3
+    """DAPO: extra rollouts per step at most while refilling; then the step trains on what it has (counted warning)."""
+    overlong_filter: bool = False
+    """DAPO: trajectories cut by rollout.max_total_tokens carry no loss (their tokens are masked)."""
+    llds_coef: float = 0.0
+    """LLDS: weight of the likelihood-preserving term (the authors use 0.2); 0 = off."""
+    llds_gate: str = "action"
+    """LLDS gate: action (each turn's sampled tokens, the paper's best) or response (the whole trajectory)."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (0 = off, as in vanilla GRPO)."""
     recompute_old_logprobs: bool = True
@@ -79,10 +113,13 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError("GRPOConfig.group_size must be >= 2: a group of one sample has advantage 0, so no gradient")
-        if self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
-            raise ValueError("GRPOConfig: kl_coef >= 0 and clip ranges >= 0 are required")
+        if self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0 or self.llds_coef < 0:
+            raise ValueError("GRPOConfig: kl_coef >= 0, llds_coef >= 0 and clip ranges >= 0 are required")
+        if self.loss_norm_tokens < 0 or self.dynamic_sampling_max_rollouts < 0:
+            raise ValueError("GRPOConfig: loss_norm_tokens >= 0 and dynamic_sampling_max_rollouts >= 0 are required")
         for name, getter in (("advantage", get_advantage_estimator), ("kl_estimator", get_kl_estimator),
-                             ("policy_loss", get_policy_loss), ("loss_agg", get_agg_mode)):
+                             ("policy_loss", get_policy_loss), ("loss_agg", get_agg_mode),
+                             ("llds_gate", get_llds_gate)):
             try:
                 getter(getattr(self, name))
             except ValueError as err:
@@ -97,26 +134,45 @@ class GRPOModule(RoundModule):
         env: the search environment (the data module's retriever, rollout budgets, prompt, reward).
         config: GRPO hyperparameters.
         reference: frozen reference policy for the KL term (required when ``kl_coef > 0``).
+        question_source: ``(k, seed) -> [(question, golden_answers)]``, fresh training questions for
+            DAPO's dynamic sampling (the Evolver passes the data module's).
     """
 
     def __init__(self, policy: Policy, env: SearchEnv | None = None, config: GRPOConfig | None = None,
-                 reference: Policy | None = None) -> None:
+                 reference: Policy | None = None, question_source: QuestionSource | None = None) -> None:
         config = config or GRPOConfig()
         if config.kl_coef > 0 and reference is None:
             raise ValueError("GRPOModule: kl_coef > 0 needs a reference policy (Policy.reference())")
         super().__init__(policy, env, config.optim, reference if config.kl_coef > 0 else None)
         self.config = config
+        self.question_source = question_source
+        self.dynamic_sampling_short = 0
         self.save_hyperparameters({"grpo": plain(config), "rollout": plain(env.config) if env else None})
+
+    @property
+    def norm_tokens(self) -> float:
+        """The constant of ``seq-mean-token-sum-norm``: ``loss_norm_tokens``, else the sampling budget."""
+        if self.config.loss_norm_tokens:
+            return float(self.config.loss_norm_tokens)
+        cfg = self.env.config if self.env is not None else None
+        return float(cfg.max_turns * cfg.max_new_tokens) if cfg is not None else 1.0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         c = self.config
         traj = self.rollout_questions(batch["question"], batch["golden_answers"], c.group_size)
+        extra: dict[str, float] = {}
+        if c.dynamic_sampling:
+            traj, extra = self._dynamic_sampling(traj, len(batch["question"]))
         advantages = get_advantage_estimator(c.advantage)(traj.rewards, traj.group_ids)  # [N]
+        train = traj
+        if c.overlong_filter:
+            train, extra["overlong_frac"] = overlong_filtered(traj)
         with torch.no_grad():
-            old = self._logprobs(self.policy, traj) if c.recompute_old_logprobs else traj.logprobs
-            ref = self._logprobs(self.reference, traj) if self.reference is not None else None
-        stats = self.update(traj, advantages, old, ref)
+            old = self._logprobs(self.policy, train) if c.recompute_old_logprobs else train.logprobs
+            ref = self._logprobs(self.reference, train) if self.reference is not None else None
+        stats = self.update(train, advantages, old, ref)
         stats.update(rollout_stats(traj))
+        stats.update(extra)
         stats["lr"] = self.current_lr
         self.log_dict({f"grpo/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch["question"]), sync_dist=True)
@@ -157,6 +213,36 @@ class GRPOModule(RoundModule):
         stats["trained_frac"] = trained / max(c.ppo_epochs * len(traj), 1)
         return stats
 
+    def _dynamic_sampling(self, traj: Trajectory, n_questions: int) -> tuple[Trajectory, dict[str, float]]:
+        """DAPO's dynamic sampling: keep the groups whose rewards differ; while fewer than
+        ``n_questions`` groups are kept (on any rank), roll out ``n_questions`` fresh questions from
+        ``question_source``, at most ``dynamic_sampling_max_rollouts`` times; cut to ``n_questions``
+        groups. Short of groups at the end, the step trains on what it has (a warning with the
+        counts); with none, on the uniform batch (no gradient, as plain GRPO)."""
+        c = self.config
+        parts = [traj.select(torch.nonzero(mixed_group_rows(traj.rewards, traj.group_ids)).flatten().cpu())]
+        kept = lambda: sum(len(torch.unique(p.group_ids)) for p in parts if len(p))  # noqa: E731
+        rollouts = 0
+        while (self.question_source is not None and rollouts < c.dynamic_sampling_max_rollouts
+               and any_rank(kept() < n_questions)):  # every rank rolls out as often (collectives)
+            rollouts += 1
+            fresh = self.question_source(n_questions, 1_000_003 * (self.log_step + 1) + rollouts)
+            more = self.rollout_questions([q for q, _ in fresh], [a for _, a in fresh], c.group_size)
+            parts.append(more.select(torch.nonzero(mixed_group_rows(more.rewards, more.group_ids)).flatten().cpu()))
+        n_kept = kept()
+        stats = {"dynamic_groups": float(min(n_kept, n_questions)), "dynamic_rollouts": float(rollouts)}
+        if n_kept < n_questions:
+            self.dynamic_sampling_short += 1
+            log.warning("DAPO dynamic sampling: %d of %d groups with mixed rewards after %d extra rollout(s); "
+                        "the step trains on %s (%d short step(s) so far)", n_kept, n_questions, rollouts,
+                        f"those {n_kept}" if n_kept else "the uniform batch (no gradient)", self.dynamic_sampling_short)
+        if n_kept == 0:
+            return traj, stats
+        merged = Trajectory.concat([p for p in parts if len(p)], self.policy.tokenizer.pad_token_id)
+        first = sorted(torch.unique(merged.group_ids).tolist())[:n_questions]
+        rows = torch.nonzero(torch.isin(merged.group_ids, torch.tensor(first, device=merged.group_ids.device)))
+        return merged.select(rows.flatten().cpu()).trim().to(self.device), stats
+
     def _rows_to_train(self, mb: torch.Tensor, advantages: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
         """The rows of mini-batch ``mb`` that get a forward/backward.
 
@@ -166,9 +252,10 @@ class GRPOModule(RoundModule):
         after the last micro-batch that needs one. The loss keeps the whole mini-batch's
         normalisation, so the optimiser step is the unskipped one. Under torch.distributed every
         rank runs the largest micro-batch count of any rank (its own zero rows fill the gap), so the
-        collectives of sharded forward/backward passes stay matched."""
+        collectives of sharded forward/backward passes stay matched. LLDS reads zero-advantage rows
+        (they are in its preserving set), so with ``llds_coef > 0`` nothing is skipped."""
         c = self.config
-        if not c.skip_zero_advantage or ref is not None or c.entropy_coef:
+        if not c.skip_zero_advantage or ref is not None or c.entropy_coef or c.llds_coef:
             return mb
         active = advantages[mb] != 0
         n_micro = max_over_ranks(-(-int(active.sum()) // c.micro_batch_size))
@@ -187,9 +274,13 @@ class GRPOModule(RoundModule):
                                                          c.clip_low, c.clip_high)
 
         def agg(mat: torch.Tensor) -> torch.Tensor:
-            return agg_loss(mat, mask, c.loss_agg, num_tokens=norm[0], num_seqs=norm[1])
+            return agg_loss(mat, mask, c.loss_agg, num_tokens=norm[0], num_seqs=norm[1], norm_tokens=self.norm_tokens)
 
         loss = agg(loss_mat)
+        if c.llds_coef:  # a token mean over the mini-batch's sampled tokens, whatever loss_agg says
+            pen = llds_penalty(lp, old[micro], advantages[micro], mask, c.llds_gate)  # [b, L]
+            loss = loss + c.llds_coef * agg_loss(pen, mask, "token-mean", num_tokens=norm[0])
+            stats["llds"] = masked_mean(pen.detach(), mask)
         if ref is not None:
             kl = get_kl_estimator(c.kl_estimator)(lp, ref[micro])  # [b, L]
             loss = loss + c.kl_coef * agg(kl)
@@ -200,3 +291,15 @@ class GRPOModule(RoundModule):
         stats.update(pg_loss=masked_mean(loss_mat.detach(), mask), entropy=masked_mean(ent.detach(), mask))
         return {k: float(v) for k, v in stats.items()}
 
+
+
+def overlong_filtered(traj: Trajectory) -> tuple[Trajectory, float]:
+    """DAPO's overlong filtering: the trajectories that ``rollout.max_total_tokens`` cut (finish
+    reason ``max_total_tokens``) get loss mask 0, so they carry no loss; returns the filtered batch
+    and the share of rows filtered."""
+    cut = torch.tensor([f == "max_total_tokens" for f in traj.finish_reasons], dtype=torch.bool,
+                       device=traj.loss_mask.device)  # [N]
+    if not bool(cut.any()):
+        return traj, 0.0
+    mask = traj.loss_mask.masked_fill(cut.unsqueeze(-1), 0.0)  # [N, L]
+    return replace(traj, loss_mask=mask, logprobs=traj.logprobs * mask), float(cut.float().mean())

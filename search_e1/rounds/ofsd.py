@@ -8,12 +8,15 @@ sibling ``tau'`` (`search_e1.algos.select_siblings`), a distillation example pai
 
 * the **student** context: the ordinary prompt + ``tau`` (what the policy sees at inference), and
 * the **teacher** context: the same prompt whose last user message also shows ``tau'`` (its
-  reasoning, queries and answer; its retrieved documents elided unless ``show_documents``),
-  followed by the same tokens of ``tau``.
+  reasoning, queries and answer; its retrieved documents elided; ``teacher_view`` shows them, or
+  only its queries, or only its answer), followed by the same tokens of ``tau``.
 
-The loss at every token of ``tau`` the policy sampled (mask 1) is the forward
-``KL(p_teacher || p_student)`` over the vocabulary (or the teacher's top-k), the teacher being the
-same weights under ``no_grad``. Questions with no correct trajectory contribute nothing.
+The loss at every token of ``tau`` the policy sampled (mask 1; ``tokens: queries`` keeps only the
+tokens of its search queries, as SD-Search) is the forward ``KL(p_teacher || p_student)`` over the
+vocabulary (or the teacher's top-k; ``loss: reverse_kl`` or ``jsd`` swap the divergence), the
+teacher being the same weights under ``no_grad``. Questions with no correct trajectory contribute
+nothing. With ``refresh_every: N`` the data set is rebuilt from the current policy every ``N``
+optimiser steps (on-policy self-distillation, the paper's second version) instead of once.
 
 Departures from the paper's description: none intended; the wording of the privileged block is
 ours (``OFSDConfig.privileged_template``), and the round's data set is sampled afresh each round
@@ -24,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import math
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +47,25 @@ from search_e1.algos import (
 from search_e1.config import plain
 from search_e1.distributed import rank_world
 from search_e1.policy import Policy
-from search_e1.protocol import PromptConfig, build_messages
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
-from search_e1.rollout.generation import left_pad
 from search_e1.rounds.base import OptimConfig, RoundModule
+from search_e1.rounds.grpo import QuestionSource
+from search_e1.rounds.ofsd_data import (
+    DISTILL_TOKENS,
+    ELIDED,
+    TEACHER_VIEWS,
+    DistillExample,
+    build_examples,
+    collate_examples,
+    empty_reason,
+    query_token_mask,
+    render_sibling,
+)
+
+__all__ = [
+    "DISTILL_TOKENS", "ELIDED", "TEACHER_VIEWS", "DistillExample", "OFSDConfig", "OFSDModule", "build_examples",
+    "chunked_distill", "collate_examples", "distill_loss_fn", "empty_reason", "query_token_mask", "render_sibling",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +73,6 @@ PRIVILEGED_TEMPLATE = (
     "For reference, here is a correct and efficient solution to this question found earlier:\n"
     "{sibling}\nNow solve the question yourself."
 )
-_INFO_RE = re.compile(r"<information>.*?</information>", re.DOTALL)
-ELIDED = "<information> [retrieved documents elided] </information>"
-
-
 @dataclass
 class OFSDConfig:
     """Hyperparameters of an OFSD round."""
@@ -73,15 +88,21 @@ class OFSDConfig:
     micro_batch_size: int = 2
     """Examples per forward/backward (gradient accumulation)."""
     loss: str = "forward_kl"
-    """Distillation loss: forward_kl (full vocabulary) or forward_kl_topk."""
+    """Divergence teacher -> student: forward_kl (full vocabulary), forward_kl_topk, reverse_kl, jsd."""
+    jsd_beta: float = 0.5
+    """jsd only: the mixture weight beta of the generalised JSD (0 < beta < 1; 0.5 = symmetric)."""
+    tokens: str = "all"
+    """Where the loss applies: all (every sampled token) or queries (only the tokens of search queries, as SD-Search)."""
     teacher_topk: int = 0
     """Teacher tokens kept per position by forward_kl_topk (0 with forward_kl)."""
     temperature: float = 1.0
     """Softmax temperature of teacher and student in the loss."""
     sibling_selector: str = "most_efficient"
     """Sibling shown to the teacher: most_efficient (correct, strictly cheaper) or correct_then_cheaper (wrong rows: any correct)."""
-    show_documents: bool = False
-    """Show the sibling's retrieved documents in the privileged block (default: elided)."""
+    teacher_view: str = "elided"
+    """What the teacher sees of the sibling: elided (its turns, documents elided), documents (with them), queries (its searches only), answer (its answer only)."""
+    refresh_every: int = 0
+    """Data schedule: 0 = offline, one data set per round; N = on-policy, a fresh data set from the current policy every N optimiser steps."""
     privileged_template: str = PRIVILEGED_TEMPLATE
     """Text appended to the teacher's last user message; {sibling} is replaced by the sibling."""
     max_epochs: float = 1.0
@@ -104,97 +125,19 @@ class OFSDConfig:
             raise ValueError("OFSDConfig.privileged_template must contain '{sibling}'")
         if (self.loss == "forward_kl_topk") != (self.teacher_topk > 0):
             raise ValueError("OFSDConfig: use teacher_topk > 0 exactly when loss is forward_kl_topk")
+        if not 0.0 < self.jsd_beta < 1.0:
+            raise ValueError(f"OFSDConfig.jsd_beta must be in (0, 1), got {self.jsd_beta}")
+        if self.tokens not in DISTILL_TOKENS:
+            raise ValueError(f"OFSDConfig.tokens: expected one of {DISTILL_TOKENS}, got {self.tokens!r}")
+        if self.teacher_view not in TEACHER_VIEWS:
+            raise ValueError(f"OFSDConfig.teacher_view: expected one of {TEACHER_VIEWS}, got {self.teacher_view!r}")
+        if self.refresh_every < 0:
+            raise ValueError(f"OFSDConfig.refresh_every must be >= 0, got {self.refresh_every}")
         for name, getter in (("loss", get_distill_loss), ("sibling_selector", get_sibling_selector)):
             try:
                 getter(getattr(self, name))
             except ValueError as err:
                 raise ValueError(f"OFSDConfig.{name}: {err}") from None
-
-
-@dataclass
-class DistillExample:
-    """One trajectory to distil: the same response after the student and teacher prompts."""
-
-    student_ids: list[int]
-    teacher_ids: list[int]
-    response_mask: list[float]  # 1 = sampled by the policy, over the response tokens only
-
-
-# ---------------------------------------------------------------- pure helpers
-def response_runs(traj: Trajectory, i: int) -> list[tuple[bool, list[int]]]:
-    """Maximal runs of the response of row ``i`` with the same mask: (sampled, ids)."""
-    start, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
-    runs: list[tuple[bool, list[int]]] = []
-    for tok, m in zip(traj.input_ids[i, start:end].tolist(), traj.loss_mask[i, start:end].tolist(), strict=True):
-        if runs and runs[-1][0] == bool(m):
-            runs[-1][1].append(tok)
-        else:
-            runs.append((bool(m), [tok]))
-    return runs
-
-
-def render_sibling(traj: Trajectory, i: int, tokenizer: Any, show_documents: bool = False) -> str:
-    """The sibling as shown to the teacher: its own turns verbatim; each information block kept or
-    replaced by `ELIDED`; other environment text (feedback, template glue) dropped."""
-    parts = []
-    for sampled, ids in response_runs(traj, i):
-        text = tokenizer.decode(ids, skip_special_tokens=sampled)
-        if sampled:
-            parts.append(text.strip())
-        else:
-            parts += [m if show_documents else ELIDED for m in _INFO_RE.findall(text)]
-    return "\n".join(p for p in parts if p)
-
-
-def privileged_messages(question: str, sibling_text: str, prompt: PromptConfig, template: str) -> list[dict[str, str]]:
-    """The student's chat messages with the sibling block appended to the last user message."""
-    messages = build_messages(question, prompt)
-    last = dict(messages[-1])
-    last["content"] = last["content"] + "\n\n" + template.replace("{sibling}", sibling_text)
-    return messages[:-1] + [last]
-
-
-def build_examples(traj: Trajectory, siblings: torch.Tensor, tokenizer: Any, prompt: PromptConfig,
-                   cfg: OFSDConfig) -> list[DistillExample]:
-    """Distillation examples for every row with a sibling (``siblings[i] >= 0``)."""
-    examples = []
-    for i, j in enumerate(siblings.tolist()):
-        if j < 0:
-            continue
-        start, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
-        response = traj.input_ids[i, start:end].tolist()
-        sibling = render_sibling(traj, j, tokenizer, cfg.show_documents)
-        messages = privileged_messages(traj.questions[i], sibling, prompt, cfg.privileged_template)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        teacher_prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        examples.append(DistillExample(
-            student_ids=traj.input_ids[i, :end].tolist(), teacher_ids=teacher_prompt + response,
-            response_mask=traj.loss_mask[i, start:end].tolist(),
-        ))
-    return examples
-
-
-def collate_examples(examples: list[DistillExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad both contexts so every response ends at the last column; the mask is aligned with
-    the last ``R`` columns of both.  student/teacher ids [B, Ls]/[B, Lt], mask [B, R]."""
-    s_ids, s_mask = left_pad([e.student_ids for e in examples], pad_id)
-    t_ids, t_mask = left_pad([e.teacher_ids for e in examples], pad_id)
-    r = max(len(e.response_mask) for e in examples)
-    mask = torch.zeros(len(examples), r)  # [B, R]
-    for b, e in enumerate(examples):
-        mask[b, r - len(e.response_mask) :] = torch.tensor(e.response_mask)
-    return {"student_ids": s_ids, "student_mask": s_mask, "teacher_ids": t_ids, "teacher_mask": t_mask,
-            "response_mask": mask}
-
-
-def empty_reason(traj: Trajectory) -> str:
-    """Why a round found no distillation example: no correct trajectory, or no cheaper one."""
-    correct = traj.rewards >= 1.0  # [N]
-    if not bool(correct.any()):
-        return "no question had a correct trajectory"
-    solved = len({int(g) for g, c in zip(traj.group_ids.tolist(), correct.tolist(), strict=True) if c})
-    return (f"{solved} question(s) had a correct trajectory, but none was cheaper (fewer searches, then "
-            "fewer tokens) than a sibling")
 
 
 class _NoBatches(torch.utils.data.IterableDataset):
@@ -210,8 +153,14 @@ def response_hidden(policy: Policy, ids: torch.Tensor, attention: torch.Tensor, 
     return policy.hidden_states(ids, attention)[:, -r - 1 : -1]
 
 
-def chunked_distill(policy: Policy, batch: dict[str, torch.Tensor], loss: str, topk: int, temperature: float,
-                    chunk_size: int = 256) -> torch.Tensor:
+def distill_loss_fn(cfg: OFSDConfig) -> Callable[..., torch.Tensor]:
+    """The registered divergence ``cfg.loss`` (``jsd`` with ``cfg.jsd_beta``)."""
+    fn = get_distill_loss(cfg.loss)
+    return partial(fn, beta=cfg.jsd_beta) if cfg.loss == "jsd" else fn
+
+
+def chunked_distill(policy: Policy, batch: dict[str, torch.Tensor], loss: str | Callable[..., torch.Tensor],
+                    topk: int, temperature: float, chunk_size: int = 256) -> torch.Tensor:
     """The registered distillation loss ``loss`` at every masked response position ``[B, R]``,
     with no ``[B, R, V]`` tensor: teacher and student hidden states are projected onto the
     vocabulary ``chunk_size`` positions at a time, each chunk under activation checkpointing (the
@@ -222,7 +171,7 @@ def chunked_distill(policy: Policy, batch: dict[str, torch.Tensor], loss: str, t
         teacher = response_hidden(policy, batch["teacher_ids"], batch["teacher_mask"], r)  # [B, R, H]
     student = response_hidden(policy, batch["student_ids"], batch["student_mask"], r)  # [B, R, H]
     b, t = (mask != 0).nonzero(as_tuple=True)  # [M], [M]
-    loss_fn = get_distill_loss(loss)
+    loss_fn = get_distill_loss(loss) if isinstance(loss, str) else loss
 
     def chunk_loss(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -246,36 +195,47 @@ class OFSDModule(RoundModule):
         questions: this round's training questions as ``(question, golden_answers)`` pairs.
         steps: optimiser steps of the round.
         config: OFSD hyperparameters.
-        out_dir: where the round's trajectory data set is written.
+        out_dir: where the round's trajectory data set(s) are written.
+        question_source: ``(k, seed) -> [(question, golden_answers)]``: fresh questions for each
+            on-policy refresh (``refresh_every``); without it a refresh rolls out ``questions`` again.
     """
 
     def __init__(
         self, policy: Policy, env: SearchEnv | None, questions: list[tuple[str, list[str]]], steps: int,
         config: OFSDConfig | None = None, out_dir: str | Path | None = None,
+        question_source: QuestionSource | None = None,
     ) -> None:
         config = config or OFSDConfig()
         super().__init__(policy, env, config.optim)
         self.config = config
         self.questions, self.steps = list(questions), steps
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.question_source = question_source
         self.examples: list[DistillExample] = []
+        self._data_start = 0  # the step at which the current data set was built
+        self.empty_steps = 0
         self.save_hyperparameters({"ofsd": plain(self.config), "steps": steps})
 
-    # ---------------------------------------------------------------- the offline data set
+    # ---------------------------------------------------------------- the data set(s)
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        traj = self._rollout_round()
+        self._build_data(self.questions, step=0)
+
+    def _build_data(self, questions: list[tuple[str, list[str]]], step: int) -> None:
+        """Roll out ``questions`` with the current policy and make the distillation examples."""
+        traj = self._rollout_round(questions)
         correct = traj.rewards >= 1.0  # [N]
         siblings = get_sibling_selector(self.config.sibling_selector)(
             traj.group_ids, correct, traj.num_searches, traj.response_lengths)  # [N]
         self.examples = build_examples(traj, siblings, self.policy.tokenizer, self.env.prompt, self.config)
-        self._save_dataset(traj, siblings)
-        self._log_start(traj, siblings)
+        self._data_start = step
+        self._save_dataset(traj, siblings, step)
+        self._log_data(traj, siblings, step)
 
-    def _rollout_round(self) -> Trajectory:
+    def _rollout_round(self, questions: list[tuple[str, list[str]]]) -> Trajectory:
         """Roll out this rank's share of the questions; all ranks then hold every trajectory."""
         rank, world = rank_world()
-        mine = self.questions[rank::world]
+        mine = questions[rank::world]
         traj = self.rollout_questions([q for q, _ in mine], [g for _, g in mine], self.config.group_size)
         if world == 1:
             return traj.to("cpu")
@@ -283,24 +243,27 @@ class OFSDModule(RoundModule):
         dist.all_gather_object(parts, (traj.to("cpu"), rank))
         return Trajectory.concat([t for t, _ in sorted(parts, key=lambda p: p[1])], self.policy.tokenizer.pad_token_id)
 
-    def _save_dataset(self, traj: Trajectory, siblings: torch.Tensor) -> None:
+    def _save_dataset(self, traj: Trajectory, siblings: torch.Tensor, step: int) -> None:
         if self.out_dir is None or self.global_rank != 0:
             return
-        traj.save_jsonl(self.out_dir / "trajectories.jsonl", self.policy.tokenizer, sibling=siblings.tolist())
+        name = "trajectories.jsonl" if step == 0 else f"trajectories_step{step}.jsonl"
+        traj.save_jsonl(self.out_dir / name, self.policy.tokenizer, sibling=siblings.tolist())
 
-    def _log_start(self, traj: Trajectory, siblings: torch.Tensor) -> None:
+    def _log_data(self, traj: Trajectory, siblings: torch.Tensor, step: int) -> None:
         stats = {f"ofsd/rollout_{k}": v for k, v in rollout_stats(traj).items()}
         stats["ofsd/sibling_frac"] = float((siblings >= 0).float().mean()) if len(siblings) else 0.0
         stats["ofsd/examples"] = float(len(self.examples))
         if self.examples:
             stats["ofsd/kl_before"] = self.mean_kl()
         if self.logger is not None:
-            self.logger.log_metrics(stats, step=0)
-        log.info("OFSD round: %d trajectories, %d with a more efficient correct sibling%s", len(traj),
+            self.logger.log_metrics(stats, step=step)
+        what = "OFSD round" if step == 0 else f"OFSD data refreshed at step {step}"
+        log.info("%s: %d trajectories, %d with a more efficient correct sibling%s", what, len(traj),
                  len(self.examples), f", teacher-student KL {stats['ofsd/kl_before']:.4f}" if self.examples
-                 else f": nothing to distil this round ({empty_reason(traj)})")
+                 else f": nothing to distil {'this round' if step == 0 else 'until the next refresh'} "
+                      f"({empty_reason(traj)})")
         rows = [i for i, j in enumerate(siblings.tolist()) if j >= 0][: self.config.log_text_samples]
-        if rows:
+        if rows and step == 0:
             self.log_trajectories("ofsd/distilled_trajectories", traj, rows)
 
     def on_fit_end(self) -> None:
@@ -319,18 +282,37 @@ class OFSDModule(RoundModule):
             tokens += float(mask.sum())
         return float(total / tokens.clamp(min=1.0))
 
+    def _data_items(self) -> int:
+        """Examples the current data set serves on each rank: ``batch_size`` per step until the next
+        refresh (or the round's end), at most ``max_epochs`` passes over a rank's slice."""
+        c = self.config
+        if not self.examples:
+            return 0
+        window = min(c.refresh_every or self.steps, self.steps - self._data_start)
+        per_rank = math.ceil(len(self.examples) / rank_world()[1])  # the same on every rank
+        return min(window * c.batch_size, max(1, math.ceil(c.max_epochs * per_rank)))
+
     def train_dataloader(self) -> DataLoader:
-        """``steps * batch_size`` examples for this rank (its slice of the examples, cycled), at most
-        ``max_epochs`` passes over the slice: the last batch may be smaller, and fewer batches run."""
+        """Step indices; `batch` builds each step's examples from the data set current at that step.
+        Offline, ``ceil(items / batch_size)`` steps run; on-policy (``refresh_every``), every step
+        index runs and a step past its data set's budget trains nothing."""
+        n = self.steps if self.config.refresh_every else math.ceil(self._data_items() / self.config.batch_size)
+        if not n:  # an empty round: no steps, and no zero-length-DataLoader warning from Lightning
+            return DataLoader(_NoBatches(), batch_size=None)
+        return DataLoader(range(n), batch_size=None)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor] | None:
+        """The examples of ``step`` on this rank (its slice of the data set, cycled), collated on this
+        device; None when the current data set has served its budget or is empty."""
+        c = self.config
+        lo = (step - self._data_start) * c.batch_size
+        hi = min(lo + c.batch_size, self._data_items())
+        if lo >= hi:
+            return None
         rank, world = rank_world()
         pool = self.examples[rank::world] or self.examples
-        if not pool:  # an empty round: no steps, and no zero-length-DataLoader warning from Lightning
-            return DataLoader(_NoBatches(), batch_size=None)
-        n = min(self.steps * self.config.batch_size, max(1, math.ceil(self.config.max_epochs * len(pool))))
-        items = [pool[k % len(pool)] for k in range(n)]
-        pad = self.policy.tokenizer.pad_token_id
-        return DataLoader(items, batch_size=self.config.batch_size, shuffle=False,
-                          collate_fn=lambda b: collate_examples(b, pad))
+        batch = collate_examples([pool[k % len(pool)] for k in range(lo, hi)], self.policy.tokenizer.pad_token_id)
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     # ---------------------------------------------------------------- training
     def _per_token_kl(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,11 +325,20 @@ class OFSDModule(RoundModule):
                 teacher = self.policy(batch["teacher_ids"], batch["teacher_mask"], r + 1)[:, :-1]  # [B, R, V]
             student = self.policy(batch["student_ids"], batch["student_mask"], r + 1)[:, :-1]  # [B, R, V]
             targets = make_teacher_targets(teacher, topk=c.teacher_topk or None, temperature=c.temperature)
-            return get_distill_loss(c.loss)(student, targets, mask), mask
-        return chunked_distill(self.policy, batch, c.loss, c.teacher_topk, c.temperature), mask
+            return distill_loss_fn(c)(student, targets, mask), mask
+        return chunked_distill(self.policy, batch, distill_loss_fn(c), c.teacher_topk, c.temperature), mask
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def training_step(self, step: Any, batch_idx: int) -> None:
         c = self.config
+        step = int(step)
+        if c.refresh_every and step > 0 and step % c.refresh_every == 0:  # on-policy: a fresh data set
+            source = self.question_source
+            questions = source(c.num_questions, 7919 * (self.log_step + 1)) if source is not None else self.questions
+            self._build_data(questions, step)
+        batch = self.batch(step)
+        if batch is None:
+            self.empty_steps += 1
+            return
         n_tokens = float(batch["response_mask"].sum().clamp(min=1.0))
         total = 0.0
         for idx in torch.arange(batch["response_mask"].shape[0]).split(c.micro_batch_size):

@@ -1,0 +1,149 @@
+"""The OFSD data set, as pure functions: what the teacher sees of a sibling (`render_sibling`),
+which tokens are distilled (`query_token_mask`), the student/teacher example pairs
+(`build_examples`) and their batches (`collate_examples`)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from search_e1.protocol import PromptConfig, build_messages, parse_action
+from search_e1.rollout import Trajectory
+from search_e1.rollout.generation import left_pad
+
+if TYPE_CHECKING:
+    from search_e1.rounds.ofsd import OFSDConfig
+
+_INFO_RE = re.compile(r"<information>.*?</information>", re.DOTALL)
+_QUERY_RE = re.compile(r"<search>(.*?)</search>", re.DOTALL)
+ELIDED = "<information> [retrieved documents elided] </information>"
+TEACHER_VIEWS = ("elided", "documents", "queries", "answer")
+"""What the teacher sees of the sibling (`render_sibling`)."""
+DISTILL_TOKENS = ("all", "queries")
+"""Where the distillation loss applies (`query_token_mask`)."""
+
+
+@dataclass
+class DistillExample:
+    """One trajectory to distil: the same response after the student and teacher prompts."""
+
+    student_ids: list[int]
+    teacher_ids: list[int]
+    response_mask: list[float]  # 1 = sampled by the policy, over the response tokens only
+
+
+# ---------------------------------------------------------------- pure helpers
+def response_runs(traj: Trajectory, i: int) -> list[tuple[bool, list[int]]]:
+    """Maximal runs of the response of row ``i`` with the same mask: (sampled, ids)."""
+    start, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
+    runs: list[tuple[bool, list[int]]] = []
+    for tok, m in zip(traj.input_ids[i, start:end].tolist(), traj.loss_mask[i, start:end].tolist(), strict=True):
+        if runs and runs[-1][0] == bool(m):
+            runs[-1][1].append(tok)
+        else:
+            runs.append((bool(m), [tok]))
+    return runs
+
+
+def render_sibling(traj: Trajectory, i: int, tokenizer: Any, view: str = "elided") -> str:
+    """The sibling as shown to the teacher (`TEACHER_VIEWS`):
+
+    * ``elided``: its own turns verbatim, each information block replaced by `ELIDED`;
+    * ``documents``: its own turns and the information blocks verbatim;
+    * ``queries``: only its search queries, one ``<search> query </search>`` per line;
+    * ``answer``: only its final ``<answer> answer </answer>``.
+
+    Other environment text (feedback, template glue) is never shown."""
+    if view == "answer":
+        return f"<answer> {traj.answers[i]} </answer>" if traj.answers[i] is not None else ""
+    parts = []
+    for sampled, ids in response_runs(traj, i):
+        text = tokenizer.decode(ids, skip_special_tokens=sampled)
+        if sampled and view == "queries":
+            action = parse_action(text)
+            parts.append(f"<search> {action.content} </search>" if action.kind == "search" else "")
+        elif sampled:
+            parts.append(text.strip())
+        elif view != "queries":
+            parts += [m if view == "documents" else ELIDED for m in _INFO_RE.findall(text)]
+    return "\n".join(p for p in parts if p)
+
+
+def query_token_mask(ids: list[int], tokenizer: Any) -> list[float]:
+    """1.0 on the tokens of ``ids`` (one sampled turn) that overlap the text of a search query (the
+    stripped text between ``<search>`` and ``</search>``); 0.0 elsewhere. Character offsets come from decoding
+    token by token."""
+    pieces = [tokenizer.decode([t]) for t in ids]
+    ends = list(itertools.accumulate(len(p) for p in pieces))
+    text = "".join(pieces)
+    spans = [(m.start(1) + len(q) - len(q.lstrip()), m.end(1) - len(q) + len(q.rstrip()))  # the query, stripped
+             for m in _QUERY_RE.finditer(text) for q in [m.group(1)]]
+    return [1.0 if any(e - len(p) < hi and e > lo for lo, hi in spans) else 0.0
+            for p, e in zip(pieces, ends, strict=True)]
+
+
+def privileged_messages(question: str, sibling_text: str, prompt: PromptConfig, template: str) -> list[dict[str, str]]:
+    """The student's chat messages with the sibling block appended to the last user message."""
+    messages = build_messages(question, prompt)
+    last = dict(messages[-1])
+    last["content"] = last["content"] + "\n\n" + template.replace("{sibling}", sibling_text)
+    return messages[:-1] + [last]
+
+
+def build_examples(traj: Trajectory, siblings: torch.Tensor, tokenizer: Any, prompt: PromptConfig,
+                   cfg: OFSDConfig) -> list[DistillExample]:
+    """Distillation examples for every row with a sibling (``siblings[i] >= 0``)."""
+    examples = []
+    for i, j in enumerate(siblings.tolist()):
+        if j < 0:
+            continue
+        start, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
+        response = traj.input_ids[i, start:end].tolist()
+        sibling = render_sibling(traj, j, tokenizer, cfg.teacher_view)
+        messages = privileged_messages(traj.questions[i], sibling, prompt, cfg.privileged_template)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        teacher_prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        mask = traj.loss_mask[i, start:end].tolist()
+        if cfg.tokens == "queries":
+            mask = [m * q for m, q in zip(mask, _query_mask(traj, i, tokenizer), strict=True)]
+            if not any(mask):  # the trajectory searched nothing: nothing of it is distilled
+                continue
+        examples.append(DistillExample(
+            student_ids=traj.input_ids[i, :end].tolist(), teacher_ids=teacher_prompt + response, response_mask=mask,
+        ))
+    return examples
+
+
+def _query_mask(traj: Trajectory, i: int, tokenizer: Any) -> list[float]:
+    """`query_token_mask` over the response of row ``i`` (0 on environment tokens)."""
+    out: list[float] = []
+    for sampled, ids in response_runs(traj, i):
+        out += query_token_mask(ids, tokenizer) if sampled else [0.0] * len(ids)
+    return out
+
+
+def collate_examples(examples: list[DistillExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad both contexts so every response ends at the last column; the mask is aligned with
+    the last ``R`` columns of both.  student/teacher ids [B, Ls]/[B, Lt], mask [B, R]."""
+    s_ids, s_mask = left_pad([e.student_ids for e in examples], pad_id)
+    t_ids, t_mask = left_pad([e.teacher_ids for e in examples], pad_id)
+    r = max(len(e.response_mask) for e in examples)
+    mask = torch.zeros(len(examples), r)  # [B, R]
+    for b, e in enumerate(examples):
+        mask[b, r - len(e.response_mask) :] = torch.tensor(e.response_mask)
+    return {"student_ids": s_ids, "student_mask": s_mask, "teacher_ids": t_ids, "teacher_mask": t_mask,
+            "response_mask": mask}
+
+
+def empty_reason(traj: Trajectory) -> str:
+    """Why a round found no distillation example: no correct trajectory, or no cheaper one."""
+    correct = traj.rewards >= 1.0  # [N]
+    if not bool(correct.any()):
+        return "no question had a correct trajectory"
+    solved = len({int(g) for g, c in zip(traj.group_ids.tolist(), correct.tolist(), strict=True) if c})
+    return (f"{solved} question(s) had a correct trajectory, but none was cheaper (fewer searches, then "
+            "fewer tokens) than a sibling")
