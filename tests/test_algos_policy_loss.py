@@ -187,7 +187,7 @@ def test_k3_matches_slow_loop():
 
 
 def test_registries_refuse_duplicates_and_list_names():
-    assert set(LOSS_AGG_MODES) == {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"}
+    assert set(LOSS_AGG_MODES) == {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"}
     assert {"k1", "k2", "k3", "low_var_kl"} <= set(KL_ESTIMATORS)
     with pytest.raises(ValueError, match="token-mean"):
         get_agg_mode("sum")
