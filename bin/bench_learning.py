@@ -57,7 +57,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "grpo": (GRPO_ONLY, []),
     "search-e1": (WITH_OFSD, []),
     "gspo": (GRPO_ONLY, ["--grpo.policy_loss", "gspo", "--grpo.clip_low", "3.0e-4", "--grpo.clip_high", "4.0e-4",
-                         "--grpo.loss_agg", "seq-mean-token-mean"]),
+                         "--grpo.loss_agg", "seq-mean-token-mean", "--grpo.recompute_old_logprobs", "true"]),
     "dapo": (GRPO_ONLY, ["--grpo.clip_high", "0.28", "--grpo.dynamic_sampling", "true",
                          "--grpo.dynamic_sampling_max_rollouts", "1", "--grpo.overlong_filter", "true"]),
     "dr-grpo": (GRPO_ONLY, ["--grpo.advantage", "grpo_no_std", "--grpo.loss_agg", "seq-mean-token-sum-norm"]),

@@ -118,3 +118,13 @@ def test_every_variant_runs_an_update_with_a_gradient(smol_tokenizer, variant):
     if "llds_coef" in variant:  # old above new on every token: LLDS acts on the A >= 0 rows
         stats = m.update(traj, adv, traj.logprobs + 0.05 * traj.loss_mask, None)
         assert stats["llds"] > 0
+
+
+def test_gspo_without_recomputed_old_logprobs_warns(smol_tokenizer, caplog):
+    with caplog.at_level(logging.WARNING):
+        module(smol_tokenizer, None, policy_loss="gspo", recompute_old_logprobs=False)
+    assert "set grpo.recompute_old_logprobs true" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        module(smol_tokenizer, None, policy_loss="gspo", recompute_old_logprobs=True)
+    assert "recompute_old_logprobs" not in caplog.text

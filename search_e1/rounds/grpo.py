@@ -19,8 +19,10 @@ The GRPO family, a config line each (see the README's recipe table):
   all equal are dropped and the batch is refilled with fresh questions, up to
   ``dynamic_sampling_max_rollouts`` extra rollouts), ``overlong_filter: true`` (trajectories cut by
   ``rollout.max_total_tokens`` carry no loss);
-* GSPO: ``policy_loss: gspo`` with ``clip_low: 3.0e-4, clip_high: 4.0e-4`` and ``loss_agg:
-  seq-mean-token-mean`` (sequence-level ratio, `search_e1.algos.gspo_policy_loss`);
+* GSPO: ``policy_loss: gspo`` with ``clip_low: 3.0e-4, clip_high: 4.0e-4``, ``loss_agg:
+  seq-mean-token-mean`` and ``recompute_old_logprobs: true`` (sequence-level ratio,
+  `search_e1.algos.gspo_policy_loss`; the sampling engine's log-probs differ from a bf16 training
+  forward by more than the clip range, which would clip sequences the policy never moved);
 * LLDS: ``llds_coef: 0.2`` (with any of the above; `search_e1.algos.llds`).
 """
 
@@ -147,6 +149,10 @@ class GRPOModule(RoundModule):
         self.config = config
         self.question_source = question_source
         self.dynamic_sampling_short = 0
+        if config.policy_loss == "gspo" and not config.recompute_old_logprobs:
+            log.warning("grpo.policy_loss gspo with recompute_old_logprobs false: the sampling engine's log-probs "
+                        "differ from the training forward by more than GSPO's clip range, so unmoved sequences "
+                        "get clipped; set grpo.recompute_old_logprobs true")
         self.save_hyperparameters({"grpo": plain(config), "rollout": plain(env.config) if env else None})
 
     @property
