@@ -10,7 +10,9 @@ process-wide; each child has its own peak), one after another:
 
 * ``default``: glibc as it comes;
 * ``trim``: `search_e1.memory.release_memory` after each phase (what the Evolver always does);
-* ``mmap<N>`` : ``evolver.malloc_mmap_threshold_mb: N`` plus the release after each phase.
+* ``mmap<N>`` : ``evolver.malloc_mmap_threshold_mb: N`` plus the release after each phase;
+* a ``:foreach`` suffix (``trim:foreach``): the multi-tensor AdamW instead of the fused one
+  (``optim.fused: false``), whose step allocates temporaries the size of the weights.
 
 Reported per setting: peak RSS, RSS after the last release, seconds per optimiser step, and the
 live tensors (weights + gradients + AdamW moments) for reference.
@@ -18,7 +20,7 @@ live tensors (weights + gradients + AdamW moments) for reference.
 Run::
 
     python bin/bench_memory.py                      # ~10 min on 2 cores
-    python bin/bench_memory.py --steps 1 --phases 2 --length 200 --settings default mmap4   # smoke run
+    python bin/bench_memory.py --steps 1 --phases 2 --length 200 --settings default trim:foreach   # smoke run
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
 
-    setting = args.child
+    setting, _, optimizer = args.child.partition(":")
     if setting.startswith("mmap"):
         assert set_mmap_threshold(int(setting[4:])), "mallopt failed (not glibc?)"
     from search_e1.policy import Policy
@@ -59,7 +61,7 @@ def child(args: argparse.Namespace) -> dict:
     mask[:, -args.scored:] = 1
     step_times = []
     for _ in range(args.phases):
-        opt = make_optimizer(policy, OptimConfig(lr=1e-6))["optimizer"]
+        opt = make_optimizer(policy, OptimConfig(lr=1e-6, fused=optimizer != "foreach"))["optimizer"]
         for _ in range(args.steps):
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -72,13 +74,13 @@ def child(args: argparse.Namespace) -> dict:
         del opt
         if setting != "default":
             release_memory()
-    return {"setting": setting, "peak_rss_gb": round(peak_rss_gb(), 3), "final_rss_gb": round(rss_gb(), 3),
+    return {"setting": args.child, "peak_rss_gb": round(peak_rss_gb(), 3), "final_rss_gb": round(rss_gb(), 3),
             "s_per_step": round(sum(step_times) / len(step_times), 2), "live_tensors_gb": round(live, 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--settings", nargs="+", default=["default", "trim", "mmap16", "mmap4", "mmap1"])
+    ap.add_argument("--settings", nargs="+", default=["default", "trim:foreach", "trim", "mmap16", "mmap4"])
     ap.add_argument("--phases", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
@@ -99,7 +101,7 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"setting {setting} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{rows[-1]['setting']:>8}  peak {rows[-1]['peak_rss_gb']:.2f} GB  after release "
+        print(f"{rows[-1]['setting']:>12}  peak {rows[-1]['peak_rss_gb']:.2f} GB  after release "
               f"{rows[-1]['final_rss_gb']:.2f} GB  {rows[-1]['s_per_step']:.1f} s/step", flush=True)
     print("\n| setting | peak RSS GB | RSS after release GB | s/step |\n|---|---|---|---|")
     for r in rows:

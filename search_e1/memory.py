@@ -47,12 +47,17 @@ def set_mmap_threshold(mib: int) -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mib) << 20))
 
 
-def release_memory() -> None:
-    """Collect garbage (reference cycles of a finished phase) and return free heap pages to the OS."""
-    gc.collect()
+def trim_heap() -> None:
+    """Return the C heap's free pages to the OS (``malloc_trim``)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def release_memory() -> None:
+    """Collect garbage (reference cycles of a finished phase) and return free heap pages to the OS."""
+    gc.collect()
+    trim_heap()
 
 
 def discard_pages(storage: torch.UntypedStorage) -> int:

@@ -146,6 +146,8 @@ def test_help_lists_knobs_with_docstrings(capsys):
                       ("--rollout.backend", "Generation backend"), ("--rollout.vllm.kv_cache_gb", "KV-cache memory"),
                       ("--data.retriever", "kind: http"),
                       ("--grpo.skip_zero_advantage", "advantage 0"), ("--rollout.vllm.release_kv", "KV cache"),
+                      ("--rollout.vllm.release_weights", "packed copy of the weights"),
+                      ("--grpo.optim.fused", "fused AdamW"),
                       ("--evolver.accept_config_change", "config_changes.log"),
                       ("--policy.gradient_checkpointing", "Recompute"), ("--ofsd.max_epochs", "Passes over"),
                       ("--trainer.precision", None),

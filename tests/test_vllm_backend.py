@@ -86,6 +86,8 @@ def test_engine_follows_optimiser_steps(smol_tokenizer, embedded_policy, context
     assert [o.ids for o in after] == [r.ids for r in ref]
     assert [o.ids for o in after] != [b.ids for b in before]
     assert not engine.sync(policy)
+    gen.end_rollout()  # the engine's weights are dropped; the next turn pushes the new ones again
+    assert [o.ids for o in gen(contexts[:3], [16] * 3)] == [r.ids for r in ref]
 
 
 def test_multi_turn_rollout_mask_and_logprobs(embedded_policy, demo_retriever, demo_questions):
@@ -127,6 +129,31 @@ def test_kv_pages_go_back_to_the_os_after_a_rollout_and_outputs_stay_the_same(em
     assert freed >= 0.95 * ENGINE.kv_cache_gb * 2**30
     assert before - rss_gb() >= 0.8 * ENGINE.kv_cache_gb * 2**30 / 1e9  # torch.zeros had touched every page
     again = gen(contexts, [24] * len(contexts))
+    assert [o.ids for o in again] == [o.ids for o in first]
+    assert max(abs(a - b) for x, y in zip(again, first, strict=True) for a, b in zip(x.logprobs, y.logprobs,
+                                                                                     strict=True)) <= 1e-5
+
+
+def test_weights_are_released_after_a_rollout_and_pushed_before_the_next(embedded_policy, contexts):
+    """`end_rollout` drops the engine's packed weights (RSS falls by at least 0.8 x the fp32 weights);
+    a generate call that skips the sync is refused before it reaches the engine; the next turn
+    pushes the weights again and gives the same greedy tokens and log-probs."""
+    from search_e1.memory import release_memory, rss_gb
+
+    cfg = _cfg()
+    gen = make_generator(embedded_policy, cfg)
+    first = gen(contexts, [24] * len(contexts))
+    engine = get_engine(embedded_policy, cfg.vllm, cfg.max_total_tokens + 8)
+    engine.release_kv_cache()
+    release_memory()
+    before = rss_gb()
+    assert engine.release_weights() > 0
+    weights_gb = sum(p.numel() * p.element_size() for p in embedded_policy.model.parameters()) / 1e9
+    assert before - rss_gb() >= 0.8 * weights_gb
+    with pytest.raises(RuntimeError, match="released"):
+        engine.generate(contexts[:1], [4], embedded_policy.eos_token_ids, embedded_policy.tokenizer, 0.0, 0, 1.0)
+    again = gen(contexts, [24] * len(contexts))
+    assert engine.synced_version == embedded_policy.weights_version
     assert [o.ids for o in again] == [o.ids for o in first]
     assert max(abs(a - b) for x, y in zip(again, first, strict=True) for a, b in zip(x.logprobs, y.logprobs,
                                                                                      strict=True)) <= 1e-5

