@@ -338,15 +338,12 @@ def _drop_weights(worker: Any) -> None:
     empty) and hand back the pages of the parameters (``reload_weights`` copies into them again)."""
     from search_e1.memory import discard_pages
 
-    seen: set[int] = set()
-    for module in worker.model_runner.get_model().modules():
+    model = worker.model_runner.get_model()
+    for module in model.modules():
         if hasattr(module, "cpu_linear"):
             module.cpu_linear = _weights_released
-        for param in module.parameters(recurse=False):
-            storage = param.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                discard_pages(storage)
+    for param in model.parameters():  # a tied parameter once
+        discard_pages(param.untyped_storage())
 
 
 def get_engine(policy: Any, config: VLLMConfig, max_model_len: int) -> VLLMEngine:
