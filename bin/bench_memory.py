@@ -12,7 +12,8 @@ process-wide; each child has its own peak), one after another:
 * ``trim``: `search_e1.memory.release_memory` after each phase (what the Evolver always does);
 * ``mmap<N>`` : ``evolver.malloc_mmap_threshold_mb: N`` plus the release after each phase;
 * a ``:foreach`` suffix (``trim:foreach``): the multi-tensor AdamW instead of the fused one
-  (``optim.fused: false``), whose step allocates temporaries the size of the weights.
+  (``optim.fused: false``), whose step allocates temporaries the size of the weights;
+* a ``:bf16`` suffix (``mmap4:bf16``): AdamW's moments in bfloat16 (``optim.state_dtype: bfloat16``).
 
 Reported per setting: peak RSS, RSS after the last release, seconds per optimiser step, and the
 live tensors (weights + gradients + AdamW moments) for reference.
@@ -53,7 +54,8 @@ def child(args: argparse.Namespace) -> dict:
     policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
-    live = sum(p.numel() * p.element_size() for p in params) * 4 / 1e9  # weights, grads, two moments
+    moments = 1 if optimizer == "bf16" else 2  # two moments, in weight-sized float32 units
+    live = sum(p.numel() * p.element_size() for p in params) * (2 + moments) / 1e9  # weights, grads, moments
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, policy.model.config.vocab_size, (args.batch, args.length), generator=g)
     attn = torch.ones_like(ids)
@@ -61,7 +63,8 @@ def child(args: argparse.Namespace) -> dict:
     mask[:, -args.scored:] = 1
     step_times = []
     for _ in range(args.phases):
-        opt = make_optimizer(policy, OptimConfig(lr=1e-6, fused=optimizer != "foreach"))["optimizer"]
+        optim = OptimConfig(lr=1e-6, fused=optimizer != "foreach", state_dtype="bfloat16" if optimizer == "bf16" else "float32")
+        opt = make_optimizer(policy, optim)["optimizer"]
         for _ in range(args.steps):
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -103,10 +106,11 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{rows[-1]['setting']:>12}  peak {rows[-1]['peak_rss_gb']:.2f} GB  after release "
               f"{rows[-1]['final_rss_gb']:.2f} GB  {rows[-1]['s_per_step']:.1f} s/step", flush=True)
-    print("\n| setting | peak RSS GB | RSS after release GB | s/step |\n|---|---|---|---|")
+    print("\n| setting | peak RSS GB | RSS after release GB | s/step | live tensors GB |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting']} | {r['peak_rss_gb']:.2f} | {r['final_rss_gb']:.2f} | {r['s_per_step']:.1f} |")
-    print(f"live tensors (weights + grads + AdamW moments): {rows[0]['live_tensors_gb']:.2f} GB")
+        print(f"| {r['setting']} | {r['peak_rss_gb']:.2f} | {r['final_rss_gb']:.2f} | {r['s_per_step']:.1f} "
+              f"| {r['live_tensors_gb']:.2f} |")
+    print("live tensors: weights + gradients + AdamW moments")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": platform.platform(), "cores": os.cpu_count(),
                                           "args": {k: v for k, v in vars(args).items() if k != "child"},

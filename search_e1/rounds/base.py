@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from search_e1.distributed import shard_policy
+from search_e1.optim import STATE_DTYPES, BF16StateAdamW
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory
 
@@ -42,6 +43,8 @@ class OptimConfig:
     """Gradient clipping by global norm; 0 disables clipping."""
     fused: bool = True
     """torch's fused AdamW (no weight-sized temporaries in the step: 0.57 GB less peak on the 135M policy in bin/bench_memory.py); False = the multi-tensor (foreach) one."""
+    state_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of AdamW's two moments: float32 (torch's AdamW) or bfloat16 (`BF16StateAdamW`: half the optimiser memory, stochastic rounding)."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -49,6 +52,8 @@ class OptimConfig:
         for name in ("weight_decay", "warmup_steps", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"OptimConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(f"OptimConfig.state_dtype must be one of {sorted(STATE_DTYPES)}, got {self.state_dtype!r}")
 
 
 class RoundModule(L.LightningModule):
@@ -164,10 +169,14 @@ class RoundModule(L.LightningModule):
 
 
 def make_optimizer(policy: torch.nn.Module, optim: OptimConfig) -> dict[str, Any]:
-    """AdamW over the trainable parameters with a linear learning-rate warmup, as Lightning's
-    ``configure_optimizers`` returns it."""
+    """AdamW over the trainable parameters (moments in ``optim.state_dtype``) with a linear
+    learning-rate warmup, as Lightning's ``configure_optimizers`` returns it."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=optim.fused or None)
+    kwargs = {"lr": optim.lr, "weight_decay": optim.weight_decay, "fused": optim.fused or None}
+    if optim.state_dtype == "bfloat16":
+        opt: torch.optim.Optimizer = BF16StateAdamW(params, **kwargs)
+    else:
+        opt = torch.optim.AdamW(params, **kwargs)
     warm = optim.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
