@@ -2,9 +2,9 @@
 
 torch's AdamW keeps two float32 moments per weight, twice the weights' own memory (1.08 GB on the
 135M policy, the largest item of a CPU run's resident memory). `BF16StateAdamW` stores both moments
-in bfloat16 and runs torch's own AdamW kernel (fused or multi-tensor) on float32 copies of one
-parameter's moments at a time, so the arithmetic of a step is torch's and only the stored moments
-are rounded. The rounding is stochastic (`round_to_bf16`): round-to-nearest would freeze the second
+in bfloat16 and runs torch's own AdamW kernel (fused or multi-tensor) on float32 copies of the
+moments of a piece of a parameter at a time (`CHUNK` elements: 2 x 16 MB of temporaries), so the
+arithmetic of a step is torch's and only the stored moments are rounded. The rounding is stochastic (`round_to_bf16`): round-to-nearest would freeze the second
 moment once its per-step change ``(1 - beta2) * (g^2 - v)`` falls under half a bfloat16 step
 (about 0.2% of ``v``, reached after a few hundred steps at ``beta2 = 0.999``); stochastic rounding
 keeps every stored moment an unbiased estimate of the float32 one. Megatron-LM's precision-aware
@@ -23,6 +23,9 @@ from torch.optim.adam import adam
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Names accepted for the optimiser's moment dtype (`OptimConfig.state_dtype`)."""
 
+CHUNK = 1 << 22
+"""Elements of a parameter stepped at once (the float32 moments' temporaries: 2 x 16 MB)."""
+
 
 def round_to_bf16(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Stochastic rounding of float32 ``x`` to bfloat16: each value goes to the bfloat16 neighbour
@@ -31,9 +34,9 @@ def round_to_bf16(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     exactly bfloat16 are kept as they are."""
     if x.dtype != torch.float32:
         raise TypeError(f"round_to_bf16 expects float32, got {x.dtype}")
-    bits = x.view(torch.int32)  # sign-magnitude: adding to the low bits grows the magnitude either sign
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
-    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)  # truncation is then exact
+    bits = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    bits.add_(x.view(torch.int32))  # sign-magnitude: adding to the low bits grows the magnitude either sign
+    return bits.bitwise_and_(-65536).view(torch.float32).to(torch.bfloat16)  # truncation is then exact
 
 
 def _local(t: Tensor) -> Tensor:
@@ -44,9 +47,9 @@ def _local(t: Tensor) -> Tensor:
 class BF16StateAdamW(torch.optim.AdamW):
     """`torch.optim.AdamW` (decoupled weight decay) whose ``exp_avg`` and ``exp_avg_sq`` are bfloat16.
 
-    Each step, per parameter: the stored moments are widened to float32, torch's AdamW (``fused`` or
-    multi-tensor, as given) updates the parameter and the float32 moments, and the moments are
-    stored back with `round_to_bf16`. The first step is therefore exactly torch's; later steps differ
+    Each step, per parameter and `CHUNK` elements at a time: the stored moments are widened to
+    float32, torch's AdamW (``fused`` or multi-tensor, as given) updates the parameter and the
+    float32 moments, and the moments are stored back with `round_to_bf16`. The first step is therefore exactly torch's; later steps differ
     only by the rounding of the stored moments. Under FSDP2 the step runs on each rank's shards.
 
     Args:
@@ -84,15 +87,23 @@ class BF16StateAdamW(torch.optim.AdamW):
                                                 device=p.device if group["fused"] else "cpu")
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16, memory_format=torch.preserve_format)
-                stored_m, stored_v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-                m, v = stored_m.float(), stored_v.float()  # [same as p]
-                adam([_local(p)], [_local(p.grad)], [m], [v], [], [state["step"]],
-                     fused=group["fused"], foreach=group["foreach"],
-                     amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-                     eps=group["eps"], maximize=group["maximize"], decoupled_weight_decay=True)
-                gen = self._generator(m.device)
-                stored_m.copy_(round_to_bf16(m, gen))
-                stored_v.copy_(round_to_bf16(v, gen))
+                tensors = [_local(t) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])]
+                if all(t.is_contiguous() for t in tensors):  # elementwise: a piece at a time is the same step
+                    tensors = [t.view(-1) for t in tensors]
+                    pieces = [[t[i : i + CHUNK] for t in tensors] for i in range(0, max(tensors[0].numel(), 1), CHUNK)]
+                else:
+                    pieces = [tensors]
+                before = state["step"].clone()
+                for param, grad, stored_m, stored_v in pieces:
+                    step = before.clone()  # each piece's call counts the step once
+                    m, v = stored_m.float(), stored_v.float()
+                    adam([param], [grad], [m], [v], [], [step], fused=group["fused"], foreach=group["foreach"],
+                         amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                         eps=group["eps"], maximize=group["maximize"], decoupled_weight_decay=True)
+                    gen = self._generator(m.device)
+                    stored_m.copy_(round_to_bf16(m, gen))
+                    stored_v.copy_(round_to_bf16(v, gen))
+                state["step"].copy_(step)
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

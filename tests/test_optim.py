@@ -77,6 +77,26 @@ def test_bf16_state_adamw_follows_torch_adamw(fused):
         assert torch.all(s["exp_avg_sq"] >= 0)
 
 
+def test_bf16_state_adamw_steps_large_parameters_in_pieces(monkeypatch):
+    """Parameters longer than `CHUNK` are stepped a piece at a time (7 elements here, uneven last
+    piece): the first step is still exactly torch's, the step counter counts steps, not pieces."""
+    import search_e1.optim as optim
+
+    monkeypatch.setattr(optim, "CHUNK", 7)
+    (net_a, x, y), (net_b, _, _) = _net_and_data(), _net_and_data()
+    ref = torch.optim.AdamW(net_a.parameters(), lr=3e-3, weight_decay=0.1, fused=True)
+    opt = BF16StateAdamW(net_b.parameters(), lr=3e-3, weight_decay=0.1, fused=True)
+    _train(net_a, ref, x, y, 1)
+    _train(net_b, opt, x, y, 1)
+    for a, b in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        assert torch.equal(a, b)
+    _train(net_a, ref, x, y, 9)
+    _train(net_b, opt, x, y, 9)
+    for a, b in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        assert (a - b).norm() <= 0.01 * a.norm()
+    assert all(int(s["step"]) == 10 for s in opt.state.values())
+
+
 def test_bf16_second_moment_keeps_moving_where_round_to_nearest_freezes():
     """A constant gradient g after the second moment settled at g^2/4: each step adds
     0.001 * (g^2 - v), under half a bf16 step of v, so round-to-nearest storage never moves;
