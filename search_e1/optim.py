@@ -4,9 +4,10 @@ torch's AdamW keeps two float32 moments per weight, twice the weights' own memor
 135M policy, the largest item of a CPU run's resident memory). `BF16StateAdamW` stores both moments
 in bfloat16 and runs torch's own AdamW kernel (fused or multi-tensor) on float32 copies of the
 moments of a piece of a parameter at a time (`CHUNK` elements: 2 x 16 MB of temporaries), so the
-arithmetic of a step is torch's and only the stored moments are rounded. The rounding is stochastic (`round_to_bf16`): round-to-nearest would freeze the second
-moment once its per-step change ``(1 - beta2) * (g^2 - v)`` falls under half a bfloat16 step
-(about 0.2% of ``v``, reached after a few hundred steps at ``beta2 = 0.999``); stochastic rounding
+arithmetic of a step is torch's and only the stored moments are rounded. The rounding is stochastic
+(`round_to_bf16`): round-to-nearest would freeze the second moment once its per-step change
+``(1 - beta2) * (g^2 - v)`` falls under half a bfloat16 step (about 0.2% of ``v``: at
+``beta2 = 0.999`` whenever ``g^2 < 3 v``, so ``v`` could never decay); stochastic rounding
 keeps every stored moment an unbiased estimate of the float32 one. Megatron-LM's precision-aware
 optimizer offers the same trade (``exp_avg_dtype`` / ``exp_avg_sq_dtype``).
 """
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam
 
-STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+STATE_DTYPES = ("float32", "bfloat16")
 """Names accepted for the optimiser's moment dtype (`OptimConfig.state_dtype`)."""
 
 CHUNK = 1 << 22
@@ -49,8 +50,9 @@ class BF16StateAdamW(torch.optim.AdamW):
 
     Each step, per parameter and `CHUNK` elements at a time: the stored moments are widened to
     float32, torch's AdamW (``fused`` or multi-tensor, as given) updates the parameter and the
-    float32 moments, and the moments are stored back with `round_to_bf16`. The first step is therefore exactly torch's; later steps differ
-    only by the rounding of the stored moments. Under FSDP2 the step runs on each rank's shards.
+    float32 moments, and the moments are stored back with `round_to_bf16`. The first step is
+    therefore exactly torch's; later steps differ only by the rounding of the stored moments. Under
+    FSDP2 the step runs on each rank's shards.
 
     Args:
         params, lr, betas, eps, weight_decay, fused: as `torch.optim.AdamW` (no ``amsgrad``).
@@ -95,15 +97,15 @@ class BF16StateAdamW(torch.optim.AdamW):
                     pieces = [tensors]
                 before = state["step"].clone()
                 for param, grad, stored_m, stored_v in pieces:
-                    step = before.clone()  # each piece's call counts the step once
+                    count = before.clone()  # each piece's call counts the step once
                     m, v = stored_m.float(), stored_v.float()
-                    adam([param], [grad], [m], [v], [], [step], fused=group["fused"], foreach=group["foreach"],
+                    adam([param], [grad], [m], [v], [], [count], fused=group["fused"], foreach=group["foreach"],
                          amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
                          eps=group["eps"], maximize=group["maximize"], decoupled_weight_decay=True)
                     gen = self._generator(m.device)
                     stored_m.copy_(round_to_bf16(m, gen))
                     stored_v.copy_(round_to_bf16(v, gen))
-                state["step"].copy_(step)
+                state["step"].copy_(count)
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
