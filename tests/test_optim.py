@@ -53,10 +53,9 @@ def _train(net, opt, x, y, steps):
     return losses
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_bf16_state_adamw_follows_torch_adamw(fused):
-    """First step: exactly torch's (the moments are rounded only when stored). 200 steps: the same
-    loss curve within 2%, weights within 2% of their norm, half the state memory."""
+def _first_step_pair(fused: bool):
+    """torch's AdamW and BF16StateAdamW on two copies of one net after one step, which must leave
+    equal weights (the moments are rounded only when stored)."""
     (net_a, x, y), (net_b, _, _) = _net_and_data(), _net_and_data()
     ref = torch.optim.AdamW(net_a.parameters(), lr=3e-3, weight_decay=0.1, fused=fused)
     opt = BF16StateAdamW(net_b.parameters(), lr=3e-3, weight_decay=0.1, fused=fused)
@@ -64,6 +63,14 @@ def test_bf16_state_adamw_follows_torch_adamw(fused):
     _train(net_b, opt, x, y, 1)
     for a, b in zip(net_a.parameters(), net_b.parameters(), strict=True):
         assert torch.equal(a, b)
+    return net_a, ref, net_b, opt, x, y
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_state_adamw_follows_torch_adamw(fused):
+    """First step: exactly torch's (the moments are rounded only when stored). 200 steps: the same
+    loss curve within 2%, weights within 2% of their norm, half the state memory."""
+    net_a, ref, net_b, opt, x, y = _first_step_pair(fused)
     la = _train(net_a, ref, x, y, 199)
     lb = _train(net_b, opt, x, y, 199)
     assert la[-1] < 0.2 * la[0]  # it learns: the comparison is not between two flat lines
@@ -83,13 +90,7 @@ def test_bf16_state_adamw_steps_large_parameters_in_pieces(monkeypatch):
     import search_e1.optim as optim
 
     monkeypatch.setattr(optim, "CHUNK", 7)
-    (net_a, x, y), (net_b, _, _) = _net_and_data(), _net_and_data()
-    ref = torch.optim.AdamW(net_a.parameters(), lr=3e-3, weight_decay=0.1, fused=True)
-    opt = BF16StateAdamW(net_b.parameters(), lr=3e-3, weight_decay=0.1, fused=True)
-    _train(net_a, ref, x, y, 1)
-    _train(net_b, opt, x, y, 1)
-    for a, b in zip(net_a.parameters(), net_b.parameters(), strict=True):
-        assert torch.equal(a, b)
+    net_a, ref, net_b, opt, x, y = _first_step_pair(fused=True)
     _train(net_a, ref, x, y, 9)
     _train(net_b, opt, x, y, 9)
     for a, b in zip(net_a.parameters(), net_b.parameters(), strict=True):
@@ -133,6 +134,28 @@ def test_state_dict_round_trip_keeps_bf16_moments():
         assert torch.equal(s_new["exp_avg"], s_old["exp_avg"]) and torch.equal(s_new["exp_avg_sq"], s_old["exp_avg_sq"])
         assert int(s_new["step"]) == 3
     _train(net, fresh, x, y, 1)  # and it steps on
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_multi_tensor_one():
+    """`OptimConfig.fused` (the default) changes how AdamW computes, not what: three steps of the
+    fused and the foreach implementation leave the same weights (float32 summation order only)."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    opts = [make_optimizer(net, OptimConfig(lr=1e-2, weight_decay=0.1, fused=fused))["optimizer"]
+            for net, fused in zip(nets, (True, False), strict=True)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    for _ in range(3):
+        for net, opt in zip(nets, opts, strict=True):
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    moved = min((a - b).abs().max().item() for a, b in zip(nets[0].parameters(), start, strict=True))
+    assert moved > 1e-3  # every tensor took real steps
+    assert max((a - b).abs().max().item() for a, b in zip(nets[0].parameters(), nets[1].parameters(),
+                                                           strict=True)) <= 1e-6
 
 
 def test_make_optimizer_picks_the_state_dtype():
