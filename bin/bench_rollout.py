@@ -10,8 +10,8 @@ child process (so each has its own peak RSS), one after the other in one command
 * trajectories/s and generated tokens/s of the rollout;
 * prompt tokens computed: HF re-encodes every context every turn (the sum of context lengths it
   is given); vLLM reports prefix-cache hits, computed = sent - cached. Against the minimum a perfect
-  cache computes: every question's prompt once, then every row's environment text and the last
-  token of each of its sampled turns but the final one (`minimum_prompt_tokens`);
+  cache computes: every distinct prefix of the contexts sent once, less what decoding computed
+  (`minimum_prompt_tokens`);
 * peak RSS of the child (``ru_maxrss``), and for vLLM its KV-cache reservation separately;
 * log-prob agreement: each trajectory's sampling log-probs against a teacher-forced HF forward
   over the final sequences (`Policy.token_logprobs`), max and mean |diff| over sampled tokens;
@@ -74,23 +74,24 @@ class CountingGenerator:
 
 
 def minimum_prompt_tokens(traj: Any) -> int:
-    """Context tokens a perfect prefix cache computes: each question's prompt once; then, per row, the
-    environment tokens (loss mask 0) that a later turn reads, and the last token of each sampled turn
-    but the final one (decoding computes the KV of every other sampled token as it goes)."""
-    total, seen = 0, set()
+    """Context tokens a perfect prefix cache computes: every distinct prefix of the contexts the engine
+    is sent (each row's sequence up to the start of each of its turns) once, less those whose KV
+    decoding already computed (every sampled token that its turn goes on after).
+
+    Rows of one question share their prompt, and also their first turns and information blocks
+    where they sampled the same search, so the count is over the trie of all contexts."""
+    trie: dict[tuple[int, int], int] = {}  # (parent prefix, next id) -> prefix; -1 = the empty prefix
+    decoded = set()
     for i in range(len(traj)):
         p, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
-        if int(traj.group_ids[i]) not in seen:
-            seen.add(int(traj.group_ids[i]))
-            total += p
-        mask = traj.loss_mask[i, p:end].tolist()
-        while mask and mask[-1] == 0:  # environment text no turn read
-            mask.pop()
-        while mask and mask[-1] == 1:  # the final sampled turn: never fed back
-            mask.pop()
-        ends = sum(1 for j, m in enumerate(mask) if m == 1 and (j + 1 == len(mask) or mask[j + 1] == 0))
-        total += mask.count(0) + ends
-    return total
+        ids, mask = traj.input_ids[i, :end].tolist(), traj.loss_mask[i, :end].tolist()
+        sent = max((j for j in range(p, end) if mask[j] == 1 and mask[j - 1] == 0), default=p)  # last turn start
+        node = -1
+        for j in range(sent):
+            node = trie.setdefault((node, ids[j]), len(trie))  # the prefix ids[: j + 1]
+            if mask[j] == 1 and mask[j + 1] == 1:
+                decoded.add(node)
+    return len(trie) - len(decoded)
 
 
 def logprob_agreement(policy: Any, traj: Any) -> dict[str, float]:

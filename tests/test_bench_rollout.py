@@ -19,24 +19,33 @@ def _bench():
 
 
 def test_minimum_prompt_tokens_by_hand():
-    """Two rows of one question (prompt 3) and one of another (prompt 2); S = sampled, E = environment:
+    """Prompt 5 6 7 (question A) and 5 6 9 (question B: the template's first two tokens shared).
+    S = sampled (loss mask 1), E = environment; a context is sent at the start of every turn.
 
-    row 0: PPP SS EEE SSS       -> prompt 3 + env 3 + 1 (last token of the first turn) = 7
-    row 1: PPP SSSS E S EE      -> same prompt, cached: env 1 + 1, the final turn and the unread
-                                   trailing env text not counted = 2
-    row 2: PP  SS (padding)     -> prompt 2, one turn: 2
+    row 0: 5 6 7 | S1 S2 | E8 E9 E9 | S3 S3 S3    sent prefixes 1..8 (8 nodes), of which [.. 1]
+                                                  was decoded (S2 followed it): 7
+    row 1: the same up to its last turn (S4 S4 S4): no new node: 0
+    row 2: 5 6 7 | S1 S3 S3 | E8 E8 | S2 S2       prefixes 1..8, 4 new after [5 6 7 1]; of
+                                                  those [.. 1 3] was decoded: 3
+    row 3: 5 6 9 | S1 S1                          prefixes 1..3, new: [5 6 9]: 1
+    row 4: 5 6 9 | S2 | E8 E8                     the trailing environment text is never sent: 0
     """
-    rows = [([0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1], 3, 0),
-            ([0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0], 3, 0),
-            ([0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0], 2, 1)]
-    lengths = [11, 11, 4]
+    rows = [([5, 6, 7, 1, 2, 8, 9, 9, 3, 3, 3], [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1], 3),
+            ([5, 6, 7, 1, 2, 8, 9, 9, 4, 4, 4], [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1], 3),
+            ([5, 6, 7, 1, 3, 3, 8, 8, 2, 2], [0, 0, 0, 1, 1, 1, 0, 0, 1, 1], 3),
+            ([5, 6, 9, 1, 1], [0, 0, 0, 1, 1], 3),
+            ([5, 6, 9, 2, 8, 8], [0, 0, 0, 1, 0, 0], 3)]
+
+    def pad(xs: list[int]) -> list[int]:
+        return xs + [0] * (11 - len(xs))
+
     traj = _Rows(
-        loss_mask=torch.tensor([m for m, _, _ in rows]),
-        prompt_lengths=torch.tensor([p for _, p, _ in rows]),
-        group_ids=torch.tensor([g for _, _, g in rows]),
-        attention_mask=torch.tensor([[1] * n + [0] * (11 - n) for n in lengths]),
+        input_ids=torch.tensor([pad(ids) for ids, _, _ in rows]),
+        loss_mask=torch.tensor([pad(m) for _, m, _ in rows]),
+        prompt_lengths=torch.tensor([p for _, _, p in rows]),
+        attention_mask=torch.tensor([pad([1] * len(ids)) for ids, _, _ in rows]),
     )
-    assert _bench().minimum_prompt_tokens(traj) == 7 + 2 + 2
+    assert _bench().minimum_prompt_tokens(traj) == 7 + 0 + 3 + 1 + 0
 
 
 class _Rows(SimpleNamespace):
