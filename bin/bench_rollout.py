@@ -23,7 +23,7 @@ quiet machine: the two children run in sequence, so a load change between them b
 
 Run::
 
-    python bin/bench_rollout.py --policy runs/quickstart/checkpoints/warmup   # ~12 min on 2 cores
+    python bin/bench_rollout.py --policy runs/quickstart/checkpoints/warmup   # ~11 min on 2 cores
     python bin/bench_rollout.py --questions 8 --group-size 2 --max-turns 2   # smoke run
 """
 
