@@ -147,6 +147,7 @@ def test_help_lists_knobs_with_docstrings(capsys):
                       ("--data.retriever", "kind: http"),
                       ("--grpo.skip_zero_advantage", "advantage 0"), ("--rollout.vllm.release_kv", "KV cache"),
                       ("--rollout.vllm.release_weights", "packed copy of the weights"),
+                      ("--rollout.vllm.block_size", "the prefix cache's unit"),
                       ("--grpo.optim.fused", "fused AdamW"), ("--ofsd.optim.state_dtype", "half the optimiser memory"),
                       ("--evolver.malloc_mmap_threshold_mb", "unmapped when freed"),
                       ("--evolver.accept_config_change", "config_changes.log"),
