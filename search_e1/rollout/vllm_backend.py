@@ -180,8 +180,9 @@ class VLLMEngine:
             "enforce_eager": not torch.cuda.is_available() if c.enforce_eager is None else c.enforce_eager,
             "max_num_seqs": c.max_num_seqs, "skip_tokenizer_init": False, "use_tqdm_on_load": not c.quiet,
         }
-        if c.engine_block_size():
-            kwargs["block_size"] = c.engine_block_size()
+        block_size = c.engine_block_size()
+        if block_size:
+            kwargs["block_size"] = block_size
         rank, world = rank_world()
         if world > 1:  # one engine per rank, as TRL's colocate mode
             os.environ.setdefault("RANK", str(rank))
