@@ -24,12 +24,20 @@
    per answer. Mean and standard deviation over seeds per arm go to ``OUT/results.json``, a rich
    table, and ``OUT/learning.png`` (EM and searches against trajectories sampled).
 
+Sweep mode (``sweep``): the quickstart recipe's update-size knobs over seeds. Per seed one warm-up
+(``search-e1 fit`` with no rounds; its greedy evaluation on both worlds is the baseline), then per
+setting x seed a run from that warm-up checkpoint with the setting's flags. Settings are compared on
+the training world's val split only (mean and 95% t-interval over seeds of the last round's EM,
+the worst seed, the mean paired gain over the warm-up); the held-out world's figures are reported
+beside them and never used to choose. Rerunning the same command reuses finished runs.
+
 Every run is a child process of the real CLI (``search-e1 fit``), so the benchmark measures what
 users run. Run::
 
     python bin/bench_learning.py                      # grpo and search-e1 x 3 seeds, ~1.5 h on 2 cores
     python bin/bench_learning.py --rounds 1 --arms grpo,search-e1,gspo,dapo,search-e1-onpolicy
     python bin/bench_learning.py --seeds 0 --rounds 1 # smoke run
+    python bin/bench_learning.py sweep --seeds 0,1,2 --settings quickstart,lr1e-5,warmup4,batch8
 """
 
 from __future__ import annotations
@@ -218,7 +226,152 @@ def plot(runs: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- sweep mode
+SWEEP: dict[str, list[str]] = {
+    "quickstart": [],
+    "fresh-adam": ["--evolver.persist_optimizers", "false"],
+    "lr1e-5": ["--grpo.optim.lr", "1.0e-5"],
+    "warmup4": ["--grpo.optim.warmup_steps", "4"],
+    "batch8": ["--data.batch_size", "8"],
+    "batch8-lr1e-5": ["--data.batch_size", "8", "--grpo.optim.lr", "1.0e-5"],
+    "steps8": ["--evolver.grpo_steps", "8"],
+    "kl0.01": ["--grpo.kl_coef", "0.01"],
+}
+"""Setting name -> ``search-e1 fit`` flags on top of the config (the sweep's grid; ``--set NAME=FLAGS`` adds one)."""
+
+
+def finished(run_dir: Path) -> bool:
+    """True when the run in ``run_dir`` ran all its rounds (its state is past the last one)."""
+    state_file, config = run_dir / "evolver_state.json", run_dir / "config.yaml"
+    if not state_file.is_file() or not config.is_file():
+        return False
+    import yaml
+
+    rounds = yaml.safe_load(config.read_text())["evolver"]["rounds"]
+    state = json.loads(state_file.read_text())
+    return state["round"] > rounds and "pending_eval" not in state
+
+
+def warmup_run(config: str, out: Path, seed: int) -> Path:
+    """The warm-up of ``seed`` alone (``--evolver.rounds 0``), evaluated on every world; returns its run dir."""
+    run_dir = out / f"warmup_seed{seed}"
+    if not finished(run_dir):
+        fit(config, run_dir, ["--evolver.seed", str(seed), "--evolver.rounds", "0", "--evolver.eval_initial", "false"])
+    return run_dir
+
+
+def records(run_dir: Path, label: str, world: str) -> dict[str, float]:
+    """Question id -> EM of one evaluation of a run (its ``eval/<label>/<world>.jsonl``)."""
+    path = run_dir / "eval" / label / f"{world}.jsonl"
+    return {r["id"]: float(r["em"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def last_rows(run_dir: Path) -> dict[str, dict[str, str]]:
+    """The last evaluation's row of every world in a run's ``val_table.csv``."""
+    rows = list(csv.DictReader((run_dir / "val_table.csv").open()))
+    last = rows[-1]["round"]
+    return {r["world"]: r for r in rows if r["round"] == last}
+
+
+def sweep_run(warm: Path, run_dir: Path, worlds: list[str]) -> dict[str, Any]:
+    """A finished run's last EM per world and its paired gain over the warm-up on the same questions."""
+    from search_e1.stats import paired_difference_interval
+
+    out: dict[str, Any] = {}
+    rows = last_rows(run_dir)
+    for world in worlds:
+        row = rows[world]
+        now, before = records(run_dir, row["round"], world), records(warm, "warmup", world)
+        pairs = [(now[q], before[q]) for q in now if q in before]
+        gain = paired_difference_interval([a for a, _ in pairs], [b for _, b in pairs])
+        out[world] = {"n": int(row["n"]), "em": float(row["em"]), "em_lo": float(row["em_lo"]),
+                      "em_hi": float(row["em_hi"]), "warmup_em": sum(before.values()) / len(before),
+                      "gain": gain[0], "gain_lo": gain[1], "gain_hi": gain[2], "searches": float(row["searches"]),
+                      "tokens": float(row["tokens"]), "em_1hop": float(row["em_1hop"] or "nan"),
+                      "em_2hop": float(row["em_2hop"] or "nan")}
+    return out
+
+
+def summarise_sweep(runs: list[dict[str, Any]], worlds: list[str]) -> dict[str, Any]:
+    """Per setting: mean and 95% t-interval over seeds of each world's last EM and gain, the worst
+    seed, the seeds that ended below their warm-up (collapsed), searches, wall time."""
+    from search_e1.stats import mean_interval
+
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(r["setting"] for r in runs):
+        rs = [r for r in runs if r["setting"] == name]
+        summary: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_s": statistics.fmean(r["wall_s"] for r in rs)}
+        for world in worlds:
+            for key in ("em", "gain", "searches", "em_1hop", "em_2hop"):
+                mean, lo, hi = mean_interval([r["result"][world][key] for r in rs])
+                summary[f"{world}/{key}"] = {"mean": mean, "lo": lo, "hi": hi}
+            summary[f"{world}/worst_em"] = min(r["result"][world]["em"] for r in rs)
+            summary[f"{world}/collapsed"] = sum(r["result"][world]["gain"] < 0 for r in rs)
+        out[name] = summary
+    return out
+
+
+def sweep_table(summary: dict[str, Any], worlds: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="sweep: last round's greedy EM, mean [95% CI] over seeds (chosen on train only)")
+    for col in ("setting", "seeds", *[f"{w} {k}" for w in worlds for k in ("EM", "gain", "worst")], "searches",
+                "collapsed", "wall s"):
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    fmt = lambda f: f"{f['mean']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]"  # noqa: E731
+    for name, s in sorted(summary.items(), key=lambda item: -item[1][f"{worlds[0]}/em"]["mean"]):
+        cells = [c for w in worlds for c in (fmt(s[f"{w}/em"]), fmt(s[f"{w}/gain"]), f"{s[f'{w}/worst_em']:.3f}")]
+        t.add_row(name, str(len(s["seeds"])), *cells, f"{s[f'{worlds[0]}/searches']['mean']:.2f}",
+                  str(s[f"{worlds[0]}/collapsed"]), f"{s['wall_s']:.0f}")
+    Console().print(t)
+
+
+def main_sweep(argv: list[str]) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description="Sweep the quickstart recipe's update-size knobs over seeds.")
+    ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--settings", default=",".join(SWEEP), help=f"comma-separated names: {', '.join(SWEEP)}")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=FLAGS",
+                    help="an extra setting: NAME=\"--grpo.optim.lr 1e-5 --data.batch_size 8\"")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "sweep"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = {name: SWEEP[name] for name in args.settings.split(",") if name}
+    unknown = [n for n in settings if n not in SWEEP]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; choose from {', '.join(SWEEP)} or add one with --set")
+    for item in args.set:
+        name, _, flags = item.partition("=")
+        settings[name] = flags.split()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    runs: list[dict[str, Any]] = []
+    worlds: list[str] = []
+    for seed in seeds:
+        warm = warmup_run(args.config, out, seed)
+        worlds = list(dict.fromkeys(r["world"] for r in csv.DictReader((warm / "val_table.csv").open())))
+        for name, flags in settings.items():
+            run_dir = out / f"{name}_seed{seed}"
+            if not finished(run_dir):
+                wall = fit(args.config, run_dir, [
+                    "--policy.path", str(warm / "checkpoints" / "warmup"), "--warmup.demonstrations", "null",
+                    "--evolver.seed", str(seed), "--evolver.eval_initial", "false", *flags])
+                (run_dir / "wall_s.txt").write_text(f"{wall:.1f}")
+            runs.append({"setting": name, "flags": flags, "seed": seed, "wall_s": float((run_dir / "wall_s.txt").read_text()),
+                         "result": sweep_run(warm, run_dir, worlds)})
+    summary = summarise_sweep(runs, worlds)
+    result = {"config": args.config, "settings": settings, "seeds": seeds, "runs": runs, "summary": summary}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    sweep_table(summary, worlds)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        return main_sweep(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated arm names: {', '.join(ARMS)}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search_e1.errors import UserInputError
 from search_e1.retrieval.embedder import EmbedderConfig
 from search_e1.retrieval.index import IndexConfig
 from search_e1.run_config import (
@@ -57,36 +58,56 @@ _TRAINER_OWNED = {
 
 @dataclass
 class DemoWorldConfig:
-    """Generate the fictional demo world before training when its files are missing."""
+    """Generate the fictional demo world (and a held-out one) before training when its files are missing."""
 
     out: str | None = None
-    """Directory of the world (corpus.jsonl, train/val/test.jsonl); None = do not generate."""
+    """Directory of the world (corpus.jsonl, train/val/test.jsonl, demonstrations.jsonl); None = do not generate."""
     seed: int = 0
     """Seed of the world."""
     size: int = 200
-    """Number of people in the world (other entities scale with it)."""
+    """Number of people in the world (other entities scale with it; 2 x size questions, 10% of them val)."""
+    heldout_out: str | None = None
+    """Directory of an evaluation-only world (corpus.jsonl, eval.jsonl) sharing no name with the world; None = none."""
+    heldout_seed: int = 1
+    """Seed of the held-out world (use one other than seed)."""
+    heldout_size: int = 150
+    """Number of people in the held-out world (2 x heldout_size questions, all in eval.jsonl)."""
 
     def ensure(self) -> None:
-        if self.out is None or (Path(self.out) / "corpus.jsonl").is_file():
-            return
-        from search_e1.demo_world import write_world
+        """Write the world and the held-out world where their corpus files are missing."""
+        from search_e1.demo_world import write_heldout_world, write_world
 
-        write_world(self.out, seed=self.seed, size=self.size)
-        log.info("demo world written to %s (seed %d, size %d)", self.out, self.seed, self.size)
+        if self.out is not None and not (Path(self.out) / "corpus.jsonl").is_file():
+            write_world(self.out, seed=self.seed, size=self.size)
+            log.info("demo world written to %s (seed %d, size %d)", self.out, self.seed, self.size)
+        if self.heldout_out is not None and not (Path(self.heldout_out) / "corpus.jsonl").is_file():
+            if self.out is None:
+                raise UserInputError("demo_world.heldout_out needs demo_world.out (the held-out world avoids its names); "
+                                     "set both, or demo_world.heldout_out null")
+            write_heldout_world(self.heldout_out, Path(self.out) / "corpus.jsonl", seed=self.heldout_seed,
+                                size=self.heldout_size)
 
 
 # ---------------------------------------------------------------- function commands
-def demo_data(out: Path, seed: int = 0, size: int = 200) -> None:
+def demo_data(out: Path, seed: int = 0, size: int = 200, heldout_of: Path | None = None) -> None:
     """Write the generated fictional world: corpus, train/val/test QA and training demonstrations.
 
     Args:
         out: Output directory (created).
         seed: Random seed; the same seed and size give byte-identical files.
         size: Number of people in the world (other entities scale with it).
+        heldout_of: A training world's corpus.jsonl: write instead an evaluation-only world (corpus.jsonl,
+            eval.jsonl) whose names share no word with that corpus's titles; use another seed than its own.
     """
-    from search_e1.demo_world import write_world
+    from search_e1.demo_world import write_heldout_world, write_world
 
-    for name, path in write_world(out, seed=seed, size=size).items():
+    if heldout_of is None:
+        paths = write_world(out, seed=seed, size=size)
+    else:
+        if not Path(heldout_of).is_file():
+            raise UserInputError(f"--heldout_of {heldout_of}: no such corpus file (a training world's corpus.jsonl)")
+        paths = write_heldout_world(out, heldout_of, seed=seed, size=size)
+    for name, path in paths.items():
         log.info("%s: %s", name, path)
 
 
@@ -217,8 +238,6 @@ def _trainer_kwargs(ns: Any) -> dict[str, Any]:
 
 def _instantiate(parser: Any, cfg: Any) -> Any:
     """The config groups as objects; a value refused by a config class exits 2 with its message."""
-    from search_e1.errors import UserInputError
-
     try:
         return parser.instantiate(cfg)
     except (ValueError, TypeError) as err:  # the config classes name the field they refuse
@@ -297,9 +316,11 @@ def fit_stoppable(make_evolver: Callable[[], Any], run_dir: Path) -> dict[str, A
 
 
 def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
+    """Evaluate a checkpoint on every QA file of ``--split`` (and, for val, every held-out world),
+    file by file; prints one table and returns ``{"<world>/<file>": figures, "average": ...}``."""
     from dataclasses import replace
 
-    from search_e1.errors import UserInputError
+    from search_e1.data import TRAIN_WORLD
     from search_e1.policy import Policy
     from search_e1.rounds.evaluate import evaluate_policy
 
@@ -312,14 +333,21 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
     env.check_prompt_fits(policy.tokenizer)
     dm = init.data
     dm.setup("test" if cfg.split == "test" else "validate")
-    examples = dm.examples(cfg.split)
-    per_file: dict[str, list[Any]] = {}
-    for ex in examples:
-        per_file.setdefault(ex.data_source, []).append(ex)
-    if cfg.max_questions:
-        per_file = {k: v[: cfg.max_questions] for k, v in per_file.items()}
-    results = evaluate_policy(policy, env.with_retriever(dm.retriever), [e for v in per_file.values() for e in v],
-                              init.evolver.eval_batch_size)
+    results: dict[str, dict[str, float]] = {}
+    for world, examples, retriever in dm.eval_sets(cfg.split):
+        per_file: dict[str, list[Any]] = {}
+        for ex in examples:
+            per_file.setdefault(ex.data_source, []).append(ex)
+        for name, items in per_file.items():
+            items = items[: cfg.max_questions] if cfg.max_questions else items
+            key = name if world == TRAIN_WORLD else f"{world}/{name}"
+            res = evaluate_policy(policy, env.with_retriever(retriever), items, init.evolver.eval_batch_size,
+                                  description=f"evaluate {key}")
+            results[key] = {**res["all"], **{f"em_{k.removesuffix('-hop')}hop": v["em"] for k, v in res.items()
+                                             if k.endswith("-hop")}}
+    files = list(results.values())
+    results["average"] = {"n": sum(r["n"] for r in files),
+                          **{f: sum(r[f] for r in files) / max(len(files), 1) for f in ("em", "f1", "searches", "tokens")}}
     _print_table(results, f"{cfg.split} ({policy_cfg.path})")
     return results
 
@@ -334,19 +362,23 @@ def run_serve(parser: Any, cfg: Any) -> None:
 
 
 def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
+    """One row per file (EM with its Wilson 95% interval and per hop count where known), then the
+    average over files."""
     from rich.console import Console
     from rich.table import Table
 
+    hops = sorted({k for r in results.values() for k in r if k.startswith("em_") and k.endswith("hop")})
     table = Table(title=title)
-    for col in ("file", "questions", "EM", "F1", "searches", "tokens/answer"):
+    for col in ("file", "questions", "EM", "95% CI", *[f"EM {h[3:-3]}-hop" for h in hops], "F1", "searches",
+                "tokens/answer"):
         table.add_column(col, justify="left" if col == "file" else "right")
-    names = [k for k in results if k != "all"]
-    average = {f: sum(results[k][f] for k in names) / max(len(names), 1) for f in ("em", "f1", "searches", "tokens")}
-    rows = [(k, results[k]) for k in names] + [("average (over files)", {"n": results["all"]["n"], **average})]
-    for name, r in rows:
-        table.add_row(name, f"{int(r['n'])}", f"{r['em']:.3f}", f"{r['f1']:.3f}", f"{r['searches']:.2f}",
-                      f"{r['tokens']:.1f}")
-    Console().print(table)
+    for name, r in results.items():
+        ci = f"{r['em_lo']:.3f}-{r['em_hi']:.3f}" if "em_lo" in r else ""
+        label = "average (over files)" if name == "average" else name
+        table.add_row(label, f"{int(r['n'])}", f"{r['em']:.3f}", ci, *[f"{r[h]:.3f}" if h in r else "" for h in hops], f"{r['f1']:.3f}",
+                      f"{r['searches']:.2f}", f"{r['tokens']:.1f}")
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)  # a log file: no wrapped cells
 
 
 def quiet_console() -> None:
@@ -363,8 +395,6 @@ def quiet_console() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``search-e1``: exit status 0; 2 on bad input; 128 + N when signal N stopped a fit."""
     from jsonargparse import ArgumentError, set_parsing_settings
-
-    from search_e1.errors import UserInputError
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -16,6 +16,8 @@ import ctypes.util
 import gc
 import resource
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -35,16 +37,46 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
+_threshold_mib = 0  # the fixed threshold set last by set_mmap_threshold (0: glibc's adaptive one)
+
+ROLLOUT_MMAP_MIB = 32
+"""The mmap threshold while a rollout generates (`generation_allocations`): glibc's adaptive
+maximum. Decoding allocates the vocabulary-sized logits and their log-softmax at every step; under
+a 4 MiB threshold each was fresh pages to fault in, which made a 300-question greedy evaluation
+1.8x slower on 2 cores."""
+
+
 def set_mmap_threshold(mib: int) -> bool:
     """Serve allocations of at least ``mib`` MiB with their own pages, unmapped when freed.
 
     A fixed threshold also switches off glibc's adaptive one. ``mib`` <= 0 leaves the allocator as
     it is. Returns whether the setting took effect.
     """
+    global _threshold_mib
     libc = _glibc()
     if mib <= 0 or libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mib) << 20))
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mib) << 20))
+    if done:
+        _threshold_mib = int(mib)
+    return done
+
+
+@contextmanager
+def generation_allocations(mib: int = ROLLOUT_MMAP_MIB) -> Iterator[None]:
+    """While generating, a fixed mmap threshold below ``mib`` MiB is raised to ``mib``; afterwards it
+    is put back and the heap's free pages go back to the OS. Nothing changes when no threshold was
+    set (glibc's adaptive one) or it is already as high."""
+    previous = _threshold_mib
+    if not previous or previous >= mib:
+        yield
+        return
+    set_mmap_threshold(mib)
+    try:
+        yield
+    finally:
+        set_mmap_threshold(previous)
+        trim_heap()
 
 
 def trim_heap() -> None:

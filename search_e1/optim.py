@@ -10,11 +10,18 @@ arithmetic of a step is torch's and only the stored moments are rounded. The rou
 ``beta2 = 0.999`` whenever ``g^2 < 3 v``, so ``v`` could never decay); stochastic rounding
 keeps every stored moment an unbiased estimate of the float32 one. Megatron-LM's precision-aware
 optimizer offers the same trade (``exp_avg_dtype`` / ``exp_avg_sq_dtype``).
+
+`save_optimizer_state` / `load_optimizer_state` carry any optimiser's state (moments and step
+counts, by parameter name) across a process or a round boundary with torch's distributed checkpoint,
+so the same two calls serve one process and FSDP2 shards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,3 +123,82 @@ class BF16StateAdamW(torch.optim.AdamW):
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
                     state[key] = state[key].to(torch.bfloat16)
+
+
+
+def save_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """Write the optimiser's per-parameter state (moments, step counts) keyed by parameter name into
+    the directory ``path`` with torch's distributed checkpoint (`torch.distributed.checkpoint`):
+    under FSDP2 every rank writes its own shards, in one process the whole state. The parameter
+    groups' settings are not saved: they come from the config. `load_optimizer_state` reads it back."""
+    import torch.distributed.checkpoint as dcp
+
+    from search_e1.distributed import is_distributed
+
+    names = {p: n for n, p in model.named_parameters()}
+    state = {names[p]: dict(s) for p, s in optimizer.state.items() if p in names}
+    with _single_process_notice_off():
+        dcp.save({"optimizer": state}, checkpoint_id=str(path), no_dist=not is_distributed())
+
+
+def saved_optimizer_steps(path: str | Path) -> int:
+    """The step count of a `save_optimizer_state` directory (one scalar read, not the moments)."""
+    import torch.distributed.checkpoint as dcp
+
+    from search_e1.distributed import is_distributed
+
+    meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    key = next((k for k in meta if k.endswith(".step")), None)
+    if key is None:
+        return 0
+    name = key.removeprefix("optimizer.").removesuffix(".step")
+    item = meta[key]
+    template = {"optimizer": {name: {"step": torch.zeros(tuple(item.size), dtype=item.properties.dtype)}}}
+    with _single_process_notice_off():
+        dcp.load(template, checkpoint_id=str(path), no_dist=not is_distributed())
+    return int(template["optimizer"][name]["step"])
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """Restore `save_optimizer_state`'s directory into ``optimizer`` (built over ``model``'s
+    parameters, before its first step), resharded when the number of ranks changed. Each state
+    tensor is allocated once, as the optimiser would (a parameter-shaped moment like its parameter,
+    sharded alike; a step count on the parameter's device for fused kernels, else on the CPU), and
+    read in place, so loading costs no more memory than the state itself."""
+    import torch.distributed.checkpoint as dcp
+
+    from search_e1.distributed import is_distributed
+
+    meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    template: dict[str, dict[str, Tensor]] = {}
+    params = {n: p for n, p in model.named_parameters()}
+    owner = {p: g for g in optimizer.param_groups for p in g["params"]}
+    for key, item in meta.items():
+        name, _, field = key.removeprefix("optimizer.").rpartition(".")
+        p = params.get(name)
+        if p is None or p not in owner or not hasattr(item, "size"):
+            continue
+        dtype, size = item.properties.dtype, tuple(item.size)
+        if size == tuple(p.shape):
+            value = torch.zeros_like(p, dtype=dtype)
+        else:
+            on_device = owner[p].get("fused") or owner[p].get("capturable")
+            value = torch.zeros(size, dtype=dtype, device=p.device if on_device else "cpu")
+        template.setdefault(name, {})[field] = value
+    missing = [n for n, p in params.items() if p in owner and n not in template]
+    if missing:
+        raise ValueError(f"optimiser state {path} holds no state for {len(missing)} parameter(s) "
+                         f"(first: {missing[0]}): it belongs to another model")
+    with _single_process_notice_off():
+        dcp.load({"optimizer": template}, checkpoint_id=str(path), no_dist=not is_distributed())
+    for name, state in template.items():
+        optimizer.state[params[name]] = state
+
+
+@contextmanager
+def _single_process_notice_off() -> Iterator[None]:
+    """torch's checkpoint warns on every single-process save and load that it assumes one process,
+    which is what we asked for (``no_dist``): nothing to act on, so it stays off the console."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield

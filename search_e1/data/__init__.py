@@ -1,6 +1,13 @@
 """QA data: the file readers (`readers`) and the `RetrievalDataModule` that owns the retriever (`datamodule`)."""
 
-from search_e1.data.datamodule import SPLITS, RetrievalDataModule, collate_questions
+from search_e1.data.datamodule import (
+    SPLITS,
+    TRAIN_WORLD,
+    EvalSet,
+    EvalWorldConfig,
+    RetrievalDataModule,
+    collate_questions,
+)
 from search_e1.data.readers import (
     MAX_QUESTION_CHARS,
     QADataError,
@@ -11,6 +18,6 @@ from search_e1.data.readers import (
 )
 
 __all__ = [
-    "MAX_QUESTION_CHARS", "QADataError", "QAExample", "RetrievalDataModule", "SPLITS", "collate_questions", "iter_jsonl",
-    "load_qa", "question_from_prompt",
+    "MAX_QUESTION_CHARS", "QADataError", "QAExample", "RetrievalDataModule", "SPLITS", "TRAIN_WORLD", "EvalSet",
+    "EvalWorldConfig", "collate_questions", "iter_jsonl", "load_qa", "question_from_prompt",
 ]

@@ -9,13 +9,19 @@ splits, builds the retriever once in ``setup`` and yields batches of plain Pytho
     batch = next(iter(dm.train_dataloader()))  # {"id": [...], "question": [...], ...}
 
 Another project can bring its own retriever: ``dm.set_retriever(my_retriever)`` before setup.
+
+Held-out worlds (``eval_worlds``) are evaluation-only QA sets with their own corpus and retriever:
+questions about entities the policy never trained on, so their scores tell searching and reading
+apart from remembering the training world. ``eval_sets("val")`` lists the training world's val split
+first, then each held-out world, each with the retriever its questions are searched in.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -51,6 +57,39 @@ def _build_retriever(config: RetrieverConfig, progress: bool = True) -> Retrieve
     return build_retriever(config, progress=progress)
 
 
+@dataclass
+class EvalWorldConfig:
+    """A held-out evaluation world: QA files the policy never trains on, searched in their own corpus."""
+
+    name: str = "heldout"
+    """Its name in val_table.csv (the world column) and TensorBoard (val_<name>/... tags)."""
+    files: list[str] = field(default_factory=list)
+    """Its QA files (FlashRAG jsonl or Search-R1 parquet), evaluated with the val split."""
+    retriever: RetrieverConfig | None = None
+    """Its retriever (its own corpus and index); None = the training world's retriever."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name) or self.name == TRAIN_WORLD:
+            raise ValueError(f"EvalWorldConfig.name: expected letters, digits, '-' or '_' and not {TRAIN_WORLD!r}, "
+                             f"got {self.name!r}")
+        if not self.files:
+            raise ValueError(f"EvalWorldConfig.files: held-out world {self.name!r} needs at least one QA file")
+        if isinstance(self.retriever, dict):
+            self.retriever = RetrieverConfig(**self.retriever)
+
+
+class EvalSet(NamedTuple):
+    """One set of evaluation questions with the retriever they are searched in."""
+
+    world: str
+    """``train`` for the training world's split, else the held-out world's name."""
+    examples: list[QAExample]
+    retriever: Retriever
+
+
+TRAIN_WORLD = "train"
+"""The `EvalSet.world` of the training world's own val / test split."""
+
 SPLITS = ("train", "val", "test")
 _STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train",),  # val is optional while fitting: loaded when val_files is given
@@ -82,8 +121,10 @@ class RetrievalDataModule(L.LightningDataModule):
         max_train_examples: Keep only the first N training questions (after concatenation).
         max_val_examples: Keep only the first N validation questions.
         shuffle: Shuffle the training questions each epoch.
-        seed: Seed of the training shuffle (same seed, same order).
+        seed: Seed of the training shuffle (same seed, same order); None = the run's seed (evolver.seed), 0 outside a run.
         num_workers: DataLoader worker processes (0 = load in the main process).
+        eval_worlds: Held-out worlds evaluated beside the val split (their own QA files and
+            retriever); each gets its own rows in val_table.csv and its own TensorBoard tags.
     """
 
     def __init__(
@@ -97,8 +138,9 @@ class RetrievalDataModule(L.LightningDataModule):
         max_train_examples: int | None = None,
         max_val_examples: int | None = None,
         shuffle: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         num_workers: int = 0,
+        eval_worlds: list[EvalWorldConfig] | None = None,
     ) -> None:
         super().__init__()
         self.files: dict[str, tuple[str, ...]] = {
@@ -122,10 +164,15 @@ class RetrievalDataModule(L.LightningDataModule):
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle: expected a bool, got {shuffle!r}")
         self.shuffle = shuffle
-        self.seed = _check_int(seed, "seed")
+        self.seed = _check_int(seed, "seed", optional=True)
         self.num_workers = _check_int(num_workers, "num_workers", minimum=0)
+        self.eval_worlds = [EvalWorldConfig(**w) if isinstance(w, dict) else w for w in eval_worlds or ()]
+        names = [w.name for w in self.eval_worlds]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval_worlds: names must be unique, got {names}")
         self._examples: dict[str, list[QAExample]] = {}
         self._retriever: Retriever | None = None
+        self._worlds: dict[str, tuple[list[QAExample], Retriever]] = {}
         self._round: tuple[int, int] | None = None
         # plain types only (checkpoints load with weights_only); not sent to the logger, so keys
         # such as `seed` or `batch_size` cannot clash with the LightningModule's hparams
@@ -140,6 +187,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 "shuffle": shuffle,
                 "seed": seed,
                 "num_workers": num_workers,
+                "eval_worlds": [plain(w) for w in self.eval_worlds],
             },
             logger=False,
         )
@@ -190,6 +238,26 @@ class RetrievalDataModule(L.LightningDataModule):
             if self.files[split]:
                 self._load_split(split)
         self._ensure_retriever()
+        if stage in ("fit", "validate", None):
+            self._load_eval_worlds()
+
+    def _load_eval_worlds(self) -> None:
+        """Read every held-out world's questions and build its retriever (once)."""
+        for w in self.eval_worlds:
+            if w.name in self._worlds:
+                continue
+            examples = [example for path in w.files for example in load_qa(path)]
+            retriever = self.retriever if w.retriever is None else _build_retriever(w.retriever, progress=self._progress)
+            self._worlds[w.name] = (examples, retriever)
+            log.info("held-out world %s: %d questions from %d file(s)", w.name, len(examples), len(w.files))
+
+    def eval_sets(self, split: str = "val") -> list[EvalSet]:
+        """The training world's ``split`` (when it has files) and, for ``val``, every held-out world,
+        each with its retriever (after ``setup``)."""
+        out = [EvalSet(TRAIN_WORLD, self.examples(split), self.retriever)] if self.files[split] else []
+        if split == "val":
+            out += [EvalSet(name, examples, retriever) for name, (examples, retriever) in self._worlds.items()]
+        return out
 
     def _load_split(self, split: str) -> None:
         if split in self._examples:
@@ -210,9 +278,13 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.retriever_config is None:
             log.warning("no retriever configured: pass retriever=... or call set_retriever()")
             return
+        self._retriever = _build_retriever(self.retriever_config, progress=self._progress)
+
+    @property
+    def _progress(self) -> bool:
+        """Progress bars on rank 0 only."""
         trainer = getattr(self, "trainer", None)
-        progress = trainer is None or trainer.is_global_zero
-        self._retriever = _build_retriever(self.retriever_config, progress=progress)
+        return trainer is None or trainer.is_global_zero
 
     def has_split(self, split: str) -> bool:
         """True when files were given for ``split`` (train, val or test)."""
@@ -253,7 +325,7 @@ class RetrievalDataModule(L.LightningDataModule):
         for pos in range(start, start + count):
             epoch = pos // n
             if epoch not in perms:
-                perms[epoch] = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                perms[epoch] = (torch.randperm(n, generator=torch.Generator().manual_seed((self.seed or 0) + epoch))
                                 if self.shuffle else torch.arange(n)).tolist()
             out.append(perms[epoch][pos % n])
         return out
@@ -268,7 +340,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Training questions: the scheduled round (`schedule_round`) or, without a schedule,
         one epoch shuffled with a generator seeded by ``seed`` when ``shuffle``."""
         if self._round is None:
-            generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
+            generator = torch.Generator().manual_seed(self.seed or 0) if self.shuffle else None
             return self._loader("train", self.batch_size, generator)
         start, count = self._round
         rank, world = rank_world()

@@ -23,6 +23,12 @@ With all-MiniLM-L6-v2 the supporting passage of every single-hop question is in 
 (search the entity the question names, for two-hop questions then the bridge entity, answer from
 the passage), the chat-message file that ``warmup.demonstrations`` reads (`search_e1.demo_oracle`).
 
+A held-out world (`write_heldout_world`) is evaluation-only: another seed, every question in one
+file ``eval.jsonl`` (half single-hop, half two-hop), no training split and no demonstrations, and
+no name word shared with a given training corpus (nor contained in one of its words, nor
+containing one), so a policy evaluated on it can only score by searching and reading, never by
+remembering the training world.
+
 The package: ``entities`` makes the names, entities and passage texts (the facts); this module
 turns them into questions, splits and the files.
 
@@ -38,7 +44,7 @@ import gc
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +61,14 @@ from search_e1.demo_world.entities import (
     _River,
 )
 
-__all__ = ["SPLITS", "World", "generate_world", "write_world"]
+__all__ = ["EVAL_SPLIT", "SPLITS", "World", "corpus_title_words", "generate_world", "write_heldout_world",
+           "write_world"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EVAL_SPLIT = "eval"
+"""The one split of a held-out (evaluation-only) world."""
 MIN_SIZE = 10
 _MIN_PER_SPLIT = 2  # per hop count, so every split has at least 4 questions
 
@@ -221,15 +230,18 @@ class World:
                 "questions": {s: len(qs) for s, qs in self.splits.items()}, "hops": hops}
 
 
-def generate_world(seed: int = 0, size: int = 200) -> World:
+def generate_world(seed: int = 0, size: int = 200, avoid: Iterable[str] = (), eval_only: bool = False) -> World:
     """Generate the world for ``seed`` with ``size`` people (other kinds scale with it).
 
-    About ``1.6 * size`` passages and ``2 * size`` questions (half single-hop, half two-hop).
+    About ``1.6 * size`` passages and ``2 * size`` questions (half single-hop, half two-hop), split
+    80/10/10 into train/val/test, or all in one ``eval`` split when ``eval_only``. No generated name
+    word equals, contains or is contained in a word of ``avoid`` (case-insensitive; words under 4
+    letters excepted); an empty ``avoid`` leaves the draws, hence the files, as they were.
     """
     if size < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
     with _gc_paused():
-        return _generate(seed, size)
+        return _generate(seed, size, avoid, eval_only)
 
 
 @contextmanager
@@ -245,9 +257,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _generate(seed: int, size: int) -> World:
+def _generate(seed: int, size: int, avoid: Iterable[str], eval_only: bool) -> World:
     rng = random.Random(seed)
-    names = _Names(rng)
+    names = _Names(rng, avoid)
     countries, rivers, cities = _make_geography(rng, names, size)
     people = _make_people(rng, names, size, len(cities))
     orgs = _make_orgs(rng, names, people, len(cities))
@@ -257,8 +269,8 @@ def _generate(seed: int, size: int) -> World:
              for k, items in e.kinds() for i in range(len(items))}
     single = _balanced(rng, _single_hop(e), size)
     two = _balanced(rng, _two_hop(e, texts), size)
-    splits = {s: [_qa_line(e, f"{s}_{j}", q) for j, q in enumerate(qs)]
-              for s, qs in _split(rng, [single, two]).items()}
+    parts = {EVAL_SPLIT: rng.sample(single + two, len(single) + len(two))} if eval_only else _split(rng, [single, two])
+    splits = {s: [_qa_line(e, f"{s}_{j}", q) for j, q in enumerate(qs)] for s, qs in parts.items()}
     return World(seed, size, passages, splits, {k: len(v) for k, v in e.kinds()})
 
 
@@ -294,6 +306,34 @@ def write_world(out_dir: str | Path, seed: int = 0, size: int = 200) -> dict[str
     paths["world"].write_text(json.dumps(world.meta(), indent=2) + "\n", encoding="utf-8")
     log.info("wrote a world of %d passages and %s questions to %s", len(world.passages),
              world.meta()["questions"], out)
+    return paths
+
+
+def corpus_title_words(corpus: str | Path) -> set[str]:
+    """The words of every passage title of a wiki-18 style corpus (``"\"Title\"\ntext"``)."""
+    words: set[str] = set()
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                title = json.loads(line)["contents"].split("\n", 1)[0].strip('"')
+                words.update(title.split())
+    return words
+
+
+def write_heldout_world(out_dir: str | Path, training_corpus: str | Path, seed: int = 1, size: int = 150) -> dict[str, Path]:
+    """Write an evaluation-only world: ``corpus.jsonl``, ``eval.jsonl`` (all ``2 * size`` questions,
+    half of each hop count) and ``world.json``, whose names share no word with the titles of
+    ``training_corpus`` (`corpus_title_words`). Returns the paths keyed ``corpus``, ``eval``, ``world``."""
+    world = generate_world(seed, size, avoid=corpus_title_words(training_corpus), eval_only=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"corpus": out / "corpus.jsonl", EVAL_SPLIT: out / f"{EVAL_SPLIT}.jsonl", "world": out / "world.json"}
+    _write_jsonl(paths["corpus"], world.passages)
+    _write_jsonl(paths[EVAL_SPLIT], world.splits[EVAL_SPLIT])
+    meta = {**world.meta(), "heldout_of": str(training_corpus)}
+    paths["world"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote a held-out world of %d passages and %d questions to %s (no name shared with %s)",
+             len(world.passages), len(world.splits[EVAL_SPLIT]), out, training_corpus)
     return paths
 
 

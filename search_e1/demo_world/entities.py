@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +40,13 @@ _RESERVED = ("river", "city", "country", "capital", "founded", "born", "kingdom"
 class _Names:
     """Unique capitalised words; no word contains another (case-insensitive), so names never nest."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, avoid: Iterable[str] = ()) -> None:
         self.rng = rng
         self._words: set[str] = set(_RESERVED)  # accepted words (lowercase)
         self._inner: set[str] = set()  # every substring (len >= 4) of an accepted word
+        for w in avoid:  # another world's words: never reused, never nested in a new word or around one
+            self._words.add(w.lower())
+            self._inner |= _substrings(w.lower())
 
     def word(self, syllables: tuple[int, int] = (2, 3), ending: str = "") -> str:
         for _ in range(10_000):
@@ -61,12 +64,17 @@ class _Names:
     def _accept(self, w: str) -> bool:
         if w in self._inner:
             return False
-        subs = {w[i:j] for i in range(len(w)) for j in range(i + 4, len(w) + 1)}
+        subs = _substrings(w)
         if not subs.isdisjoint(self._words):
             return False
         self._words.add(w)
         self._inner |= subs
         return True
+
+
+def _substrings(w: str) -> set[str]:
+    """Every substring of ``w`` of at least 4 characters."""
+    return {w[i:j] for i in range(len(w)) for j in range(i + 4, len(w) + 1)}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from search_e1.memory import generation_allocations
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig
@@ -61,8 +62,10 @@ class SearchEnv:
         was_training = policy.training
         policy.eval()
         try:
-            return rollout(policy, self.retriever, questions, answers, cfg, self.prompt, self.reward,
-                           generator=(self.generator_factory or make_generator)(policy, cfg), group_size=group_size)
+            with generation_allocations():
+                return rollout(policy, self.retriever, questions, answers, cfg, self.prompt, self.reward,
+                               generator=(self.generator_factory or make_generator)(policy, cfg),
+                               group_size=group_size)
         finally:
             policy.train(was_training)
 

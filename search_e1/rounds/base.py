@@ -3,7 +3,16 @@
 Both modules receive the SAME `Policy` object (and GRPO the frozen reference), built once by the
 `Evolver`; every round gets a fresh module and a fresh ``Trainer`` around them. Under
 ``ModelParallelStrategy`` ``configure_model`` shards them with FSDP2, once: the next round's
-module finds them already sharded. The optimiser is rebuilt per round (AdamW, linear warmup); rollouts go through the `SearchEnv`.
+module finds them already sharded. Rollouts go through the `SearchEnv`.
+
+The optimiser (AdamW, linear learning-rate warm-up) of a round kind outlives its round, as a
+long-running trainer's does: the Evolver gives the module the directory of the state the previous
+round of its kind left (``optimizer_from``: moments and step count, `search_e1.optim`); the
+warm-up continues from the saved step count, the moments are read just before the round's first
+optimiser step (where a fresh AdamW would allocate its own, so the round's rollout runs without
+them), and the state is written to ``optimizer_to`` when the round ends. A fresh AdamW's first step moves every weight by
+about the learning rate whatever the gradient's size (its moments are one gradient's); carried
+moments keep the steps of later rounds in proportion to their gradients.
 
 Logged steps live on one axis across rounds: the Evolver's `OffsetTensorBoardLogger` adds the
 steps of the previous rounds to whatever step Lightning logs at; `log_step` gives the same
@@ -15,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -22,7 +32,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from search_e1.distributed import shard_policy
-from search_e1.optim import STATE_DTYPES, BF16StateAdamW
+from search_e1.optim import (
+    STATE_DTYPES,
+    BF16StateAdamW,
+    load_optimizer_state,
+    save_optimizer_state,
+    saved_optimizer_steps,
+)
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory
 
@@ -38,13 +54,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Linear learning-rate warmup, in optimiser steps (restarts every round)."""
+    """Linear learning-rate warm-up over this round kind's first optimiser steps (counted across rounds while the optimiser persists)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables clipping."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's moment decay rates (beta1, beta2)."""
     fused: bool = True
-    """torch's fused AdamW (no weight-sized temporaries in the step: 0.57 GB less peak on the 135M policy in bin/bench_memory.py); False = the multi-tensor (foreach) one."""
+    """torch's fused AdamW (no weight-sized temporaries in the step); False = the multi-tensor (foreach) one."""
     state_dtype: Literal["float32", "bfloat16"] = "float32"
-    """dtype of AdamW's two moments: float32 (torch's AdamW) or bfloat16 (`BF16StateAdamW`: half the optimiser memory, stochastic rounding, 7% slower steps on CPU)."""
+    """dtype of AdamW's two moments: float32 (torch's AdamW) or bfloat16 (`BF16StateAdamW`: half the optimiser memory, stochastic rounding, slightly slower steps on CPU)."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -52,6 +70,8 @@ class OptimConfig:
         for name in ("weight_decay", "warmup_steps", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"OptimConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"OptimConfig.betas must be two numbers in [0, 1), got {self.betas}")
         if self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"OptimConfig.state_dtype must be one of {list(STATE_DTYPES)}, got {self.state_dtype!r}")
 
@@ -77,6 +97,13 @@ class RoundModule(L.LightningModule):
         self.env = env
         self.optim = optim
         self._batch_idx = 0
+        self._step_lr: float | None = None  # the learning rate of the last optimiser step
+        self.optimizer_from: Path | None = None
+        """A directory of `save_optimizer_state` to restore when the optimiser is built (set by the Evolver)."""
+        self.optimizer_to: Path | None = None
+        """Where the optimiser's state is written when training ends, if it stepped (set by the Evolver)."""
+        self.step_stats: dict[str, list[float]] = {}
+        """Per-step scalars of this round (the Evolver's one-line round summary reads them)."""
 
     @property
     def reference(self) -> Policy | None:
@@ -102,7 +129,22 @@ class RoundModule(L.LightningModule):
             shard_policy(self.reference.model, mesh["data_parallel"], bf16=bf16)
 
     def configure_optimizers(self) -> Any:
-        return make_optimizer(self.policy, self.optim)
+        done = saved_optimizer_steps(self.optimizer_from) if self.optimizer_from is not None else 0
+        return make_optimizer(self.policy, self.optim, done)
+
+    def on_train_end(self) -> None:
+        """Write the optimiser's state to ``optimizer_to`` (every rank its shards), unless it never stepped."""
+        if self.optimizer_to is None:
+            return
+        opt = self.optimizers()
+        opt = getattr(opt, "optimizer", opt)
+        if opt.state:
+            save_optimizer_state(self.policy, opt, self.optimizer_to)
+
+    def record_step(self, stats: dict[str, float]) -> None:
+        """Keep this step's scalars for the round summary."""
+        for key, value in stats.items():
+            self.step_stats.setdefault(key, []).append(float(value))
 
     def optimizer_step_clipped(self) -> float:
         """Clip, step the optimiser and the scheduler; returns the pre-clip gradient norm. A parameter
@@ -116,6 +158,10 @@ class RoundModule(L.LightningModule):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
+        self._step_lr = float(opt.param_groups[0]["lr"])
+        if self.optimizer_from is not None and not getattr(opt, "optimizer", opt).state:  # the first step
+            load_optimizer_state(self.policy, getattr(opt, "optimizer", opt), self.optimizer_from)
+            log.info("optimiser state restored from %s", self.optimizer_from)
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.policy.mark_weights_changed()
@@ -126,7 +172,8 @@ class RoundModule(L.LightningModule):
 
     @property
     def current_lr(self) -> float:
-        return float(self.optimizers().param_groups[0]["lr"])
+        """The learning rate of the last optimiser step (before the schedule moved it on)."""
+        return self._step_lr if self._step_lr is not None else float(self.optimizers().param_groups[0]["lr"])
 
     # ---------------------------------------------------------------- rollouts
     def rollout_questions(self, questions: Sequence[str], golden: Sequence[Sequence[str]], group_size: int) -> Trajectory:
@@ -168,15 +215,18 @@ class RoundModule(L.LightningModule):
         experiment.add_text(tag, "\n\n---\n\n".join(parts), global_step=self.log_step)
 
 
-def make_optimizer(policy: torch.nn.Module, optim: OptimConfig) -> dict[str, Any]:
+def make_optimizer(policy: torch.nn.Module, optim: OptimConfig, done: int = 0) -> dict[str, Any]:
     """AdamW over the trainable parameters (moments in ``optim.state_dtype``) with a linear
-    learning-rate warmup, as Lightning's ``configure_optimizers`` returns it."""
+    learning-rate warm-up that continues after ``done`` steps already taken, as Lightning's
+    ``configure_optimizers`` returns it."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    kwargs = {"lr": optim.lr, "weight_decay": optim.weight_decay, "fused": optim.fused or None}
+    kwargs = {"lr": optim.lr, "betas": tuple(optim.betas), "weight_decay": optim.weight_decay,
+              "fused": optim.fused or None}
     if optim.state_dtype == "bfloat16":
         opt: torch.optim.Optimizer = BF16StateAdamW(params, **kwargs)
     else:
         opt = torch.optim.AdamW(params, **kwargs)
     warm = optim.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warm + 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + done + 1) / (warm + 1)))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+

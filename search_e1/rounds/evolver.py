@@ -10,7 +10,18 @@ each phase's steps, so every scalar lives on one increasing axis. After each pha
 saved (Hugging Face format): at the end of a round to ``<run_dir>/checkpoints/round_<r>``, after
 a GRPO phase to ``checkpoints/last`` (removed once the round's checkpoint exists), so the run keeps
 one checkpoint per round (``save_round_checkpoints``) plus at most one more. After each round the
-val split is evaluated (greedy) and a row is appended to ``val_table.csv``.
+val split and every held-out world (``data.eval_worlds``) are evaluated (greedy) and one row per
+world is appended to ``val_table.csv``: EM with its Wilson 95% interval, EM per hop count, and the
+gain over the first evaluation (the warm-up's, else round 0's) on the same questions with its
+paired 95% interval. The first and the last evaluation use ``eval_max_questions`` questions per
+world, the ones in between ``eval_round_questions`` (fewer, to spend the minutes on training);
+each question's outcome goes to ``eval/<round>/<world>.jsonl``. A one-line summary of every phase
+(first and last step's reward, searches, response length, entropy, mixed groups) goes to the log.
+
+Optimisers persist (``persist_optimizers``): each round kind's AdamW state is written beside the
+checkpoint that ends its phase (``checkpoints/<name>/optimizer/<kind>``, every kind's state carried
+to the newest checkpoint, removed from older ones) and restored when its next round starts, also
+after a resume; the state of the kind not running waits on disk.
 
 Resume: ``evolver_state.json`` (replaced atomically) records the next phase, the latest checkpoint,
 the step offset, ``started`` while a phase runs and ``pending_eval`` while a val row is owed. It is
@@ -39,8 +50,9 @@ import json
 import logging
 import os
 import shutil
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +62,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from search_e1.data import RetrievalDataModule
+from search_e1.data import TRAIN_WORLD, RetrievalDataModule
 from search_e1.distributed import is_distributed
 from search_e1.errors import UserInputError, writing
 from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
@@ -61,10 +73,18 @@ from search_e1.rounds.grpo import GRPOConfig, GRPOModule
 from search_e1.rounds.ofsd import OFSDConfig, OFSDModule
 from search_e1.rounds.warmup import WarmupConfig, WarmupExample, WarmupModule, load_demonstrations
 from search_e1.run_config import STATE_FILE
+from search_e1.stats import paired_difference_interval
 
 log = logging.getLogger(__name__)
 
 PHASES = ("grpo", "ofsd")
+VAL_FIELDS = ("round", "world", "step", "n", "em", "em_lo", "em_hi", "gain", "gain_lo", "gain_hi", "em_1hop",
+              "em_2hop", "f1", "searches", "tokens")
+"""The columns of ``val_table.csv``: one row per evaluation and world (gain: EM minus the first
+evaluation's on the same questions, with the paired 95% interval; blank where there is none)."""
+SUMMARY_KEYS = {"grpo": ("reward_mean", "searches_mean", "response_length", "entropy", "mixed_group_frac"),
+                "ofsd": ("examples", "kl_before", "distill_loss", "kl_after")}
+"""The per-step scalars of each phase that its one-line summary reports (first -> last)."""
 
 
 @dataclass
@@ -74,7 +94,7 @@ class EvolverConfig:
     run_dir: str = "runs/search-e1"
     """Run directory: TensorBoard events, checkpoints, OFSD data sets, val table, config."""
     rounds: int = 2
-    """Number of (GRPO round, OFSD round) pairs."""
+    """Number of (GRPO round, OFSD round) pairs; 0 = only the warm-up (and the evaluations)."""
     grpo_steps: int = 10
     """GRPO steps (question batches) per round."""
     ofsd_steps: int = 10
@@ -82,9 +102,11 @@ class EvolverConfig:
     eval_initial: bool = True
     """Evaluate the val split before the first round too (row "round 0")."""
     eval_max_questions: int = 0
-    """Val questions per evaluation; 0 = all."""
+    """Questions of each evaluated world (val split, held-out worlds) at the first and the last evaluation; 0 = all."""
+    eval_round_questions: int = 0
+    """Questions of each world at the evaluations in between (rounds before the last; round 0 before a warm-up); 0 = as eval_max_questions."""
     eval_batch_size: int = 16
-    """Questions per evaluation rollout batch."""
+    """Questions per evaluation rollout batch (larger batches keep the engine busier)."""
     resume: bool = True
     """Continue a run found in run_dir (its evolver_state.json) instead of starting over."""
     accept_config_change: bool = False
@@ -95,12 +117,15 @@ class EvolverConfig:
     """Base seed; each phase is seeded with seed + 10 * round + phase."""
     malloc_mmap_threshold_mb: int = 0
     """glibc: allocations of at least this many MiB are unmapped when freed (less RSS, slower CPU steps); 0 = glibc's default."""
+    persist_optimizers: bool = True
+    """Carry each round kind's AdamW moments, step count and lr warm-up from one round to the next (saved with the checkpoint); False = a fresh AdamW every round."""
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1 \
-                or self.malloc_mmap_threshold_mb < 0 or self.eval_max_questions < 0:
-            raise ValueError("EvolverConfig: rounds >= 1, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1, "
-                             "eval_max_questions >= 0, malloc_mmap_threshold_mb >= 0 are required")
+        if self.rounds < 0 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1 \
+                or self.malloc_mmap_threshold_mb < 0 or self.eval_max_questions < 0 or self.eval_round_questions < 0:
+            raise ValueError("EvolverConfig: rounds >= 0, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1, "
+                             "eval_max_questions >= 0, eval_round_questions >= 0, malloc_mmap_threshold_mb >= 0 "
+                             "are required")
 
 
 class OffsetTensorBoardLogger(TensorBoardLogger):
@@ -155,11 +180,11 @@ class Evolver:
         grpo: GRPOConfig | None = None, ofsd: OFSDConfig | None = None, config: EvolverConfig | None = None,
         trainer: dict[str, Any] | None = None, warmup: WarmupConfig | None = None,
     ) -> None:
-        self.warmup = warmup
         self.policy, self.datamodule = policy, datamodule
-        self.env = env or SearchEnv()
         self.grpo, self.ofsd = grpo or GRPOConfig(), ofsd or OFSDConfig()
         self.config = config or EvolverConfig()
+        self.warmup = warmup if warmup is None or warmup.seed is not None else replace(warmup, seed=self.config.seed)
+        self.env = with_run_seed(env or SearchEnv(), datamodule, self.config.seed)
         self.trainer_kwargs = dict(trainer or {})
         self.run_dir = Path(self.config.run_dir)
         self.logger = OffsetTensorBoardLogger(save_dir=str(self.run_dir), name="tensorboard", version=0,
@@ -178,7 +203,7 @@ class Evolver:
         self._setup_data("fit")
         self._maybe_resume()
         self._evaluate_pending()  # a run killed during an evaluation writes that row first
-        if self.state["round"] > self.config.rounds:
+        if self.state["round"] > self.config.rounds and not self._warmup_due():
             log.warning("%s already holds a finished run (%d rounds): nothing to do; raise evolver.rounds to "
                         "continue it, or use a new evolver.run_dir / evolver.resume false", self.run_dir,
                         self.config.rounds)
@@ -215,14 +240,20 @@ class Evolver:
             self.env = self.env.with_retriever(self.datamodule.retriever)
 
     # ---------------------------------------------------------------- phases
-    def _pending_warmup(self) -> list[WarmupExample] | None:
-        """The encoded demonstrations when a warm-up is configured and has not finished, else None."""
+    def _warmup_due(self) -> bool:
+        """A warm-up is configured and has not finished (and the run did not start without one)."""
         c = self.warmup
         if c is None or c.demonstrations is None or self.state.get("warmup") == "done":
-            return None
-        if "warmup" not in self.state and "checkpoint" in self.state:
-            log.warning("%s was started without a warm-up; it is not added in the middle of the run",
-                        self.run_dir)
+            return False
+        return "warmup" in self.state or "checkpoint" not in self.state
+
+    def _pending_warmup(self) -> list[WarmupExample] | None:
+        """The encoded demonstrations when a warm-up is due (`_warmup_due`), else None."""
+        c = self.warmup
+        if not self._warmup_due():
+            if c is not None and c.demonstrations is not None and self.state.get("warmup") != "done":
+                log.warning("%s was started without a warm-up; it is not added in the middle of the run",
+                            self.run_dir)
             return None
         return load_demonstrations(c.demonstrations, self.policy.tokenizer, self.env.prompt, self.env.config,
                                    c.max_examples)
@@ -236,7 +267,9 @@ class Evolver:
         self.logger.step_offset = self.state["step_offset"]
         log.info("warm-up: %d steps on %d demonstrations from %s", c.steps, len(demonstrations), c.demonstrations)
         L.seed_everything(self.config.seed, workers=True, verbose=False)
+        start = time.perf_counter()
         self._trainer().fit(WarmupModule(self.policy, demonstrations, c))
+        log.info("warm-up: %d steps in %.0f s", c.steps, time.perf_counter() - start)
         self.state["step_offset"] += c.steps
         self.logger.step_offset = self.state["step_offset"]
         self._release_memory("warm-up")
@@ -306,7 +339,7 @@ class Evolver:
                                 question_source=self.train_questions)
             with warnings.catch_warnings():  # val batches are the Evolver's to evaluate, not Lightning's
                 warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no")
-                self._trainer().fit(module, datamodule=self.datamodule)
+                self._fit_phase(module, "grpo")
         self.state["grpo_batches"] += steps
         return steps
 
@@ -322,19 +355,60 @@ class Evolver:
             module = OFSDModule(self.policy, self.env, [(e.question, list(e.golden_answers)) for e in sample], steps,
                                 self.ofsd, out_dir=self.run_dir / "ofsd" / f"round_{r}",
                                 question_source=self.train_questions)
-            self._trainer().fit(module)
+            self._fit_phase(module, "ofsd")
         return steps
 
+    def _fit_phase(self, module: GRPOModule | OFSDModule, kind: str) -> None:
+        """Fit one phase's module in a fresh Trainer: its optimiser starts from the state its kind left
+        in the current checkpoint and writes its state to a staging directory that `_advance` moves
+        into the next checkpoint; then the one-line summary of the phase."""
+        if self.config.persist_optimizers:
+            saved = self._optimizer_dir(self.state.get("checkpoint"), kind)
+            module.optimizer_from = saved if saved is not None and saved.is_dir() else None
+            module.optimizer_to = self._staged_optimizer(kind)
+            if self.global_zero:
+                shutil.rmtree(module.optimizer_to, ignore_errors=True)  # a killed attempt's
+        start = time.perf_counter()
+        self._trainer().fit(module, datamodule=self.datamodule if kind == "grpo" else None)
+        log.info("%s", phase_summary(kind, self.state["round"], module.step_stats, time.perf_counter() - start))
+
+    def _optimizer_dir(self, checkpoint: str | None, kind: str) -> Path | None:
+        """Where checkpoint ``checkpoint`` keeps the optimiser state of ``kind`` (None: no checkpoint)."""
+        return None if checkpoint is None else self.run_dir / "checkpoints" / checkpoint / "optimizer" / kind
+
+    def _staged_optimizer(self, kind: str) -> Path:
+        return self.run_dir / "checkpoints" / f".optimizer_{kind}"
+
+    def _carry_optimizers(self, previous: str | None, name: str, kind: str) -> None:
+        """Into the new checkpoint ``name``: the optimiser state the phase of ``kind`` just wrote (or,
+        when it took no step, the one it started from), and every other kind's state from checkpoint
+        ``previous`` (hard links: no copy of the moments)."""
+        if not self.config.persist_optimizers or not self.global_zero:
+            return
+        target = self.run_dir / "checkpoints" / name / "optimizer"
+        target.mkdir(parents=True, exist_ok=True)
+        staged = self._staged_optimizer(kind)
+        if staged.is_dir():
+            os.replace(staged, target / kind)
+        for other in PHASES:
+            source = self._optimizer_dir(previous, other)
+            if (target / other).exists() or source is None or not source.is_dir():
+                continue
+            shutil.copytree(source, target / other, copy_function=_link_or_copy)
+
     def _advance(self, steps: int) -> None:
-        """Bookkeeping after a phase: offset, checkpoint, state file, evaluation. At every instant the
-        state file on disk names a checkpoint that exists, so a kill anywhere resumes."""
+        """Bookkeeping after a phase: offset, checkpoint (with the optimiser states), state file,
+        evaluation. At every instant the state file on disk names a checkpoint that exists, so a kill
+        anywhere resumes."""
         self.state["step_offset"] += steps
         self.logger.step_offset = self.state["step_offset"]
-        self._release_memory(PHASES[self.state["phase"]])
         end_of_round = self.state["phase"] == len(PHASES) - 1
-        r = self.state["round"]
+        r, previous = self.state["round"], self.state.get("checkpoint")
+        self._release_memory(PHASES[self.state["phase"]])
         name = f"round_{r}" if end_of_round else "last"  # never the name the state holds now
         self.policy.save_pretrained(self.run_dir / "checkpoints" / name)
+        self._carry_optimizers(previous, name, PHASES[self.state["phase"]])
+        self._barrier()
         self.state["checkpoint"] = name
         self.state.pop("started", None)
         if end_of_round:
@@ -342,11 +416,18 @@ class Evolver:
         else:
             self.state["phase"] += 1
         self._write_state()
-        if end_of_round and self.global_zero:  # checkpoints the state no longer names
-            shutil.rmtree(self.run_dir / "checkpoints" / "last", ignore_errors=True)
-            if not self.config.save_round_checkpoints:
-                shutil.rmtree(self.run_dir / "checkpoints" / f"round_{r - 1}", ignore_errors=True)
+        if self.global_zero:  # what the state no longer names: older checkpoints' optimiser states
+            if previous not in (None, name):
+                shutil.rmtree(self.run_dir / "checkpoints" / previous / "optimizer", ignore_errors=True)
+            if end_of_round:
+                shutil.rmtree(self.run_dir / "checkpoints" / "last", ignore_errors=True)
+                if not self.config.save_round_checkpoints:
+                    shutil.rmtree(self.run_dir / "checkpoints" / f"round_{r - 1}", ignore_errors=True)
         self._evaluate_pending()
+
+    def _barrier(self) -> None:
+        if is_distributed():
+            torch.distributed.barrier()
 
     def _release_memory(self, phase: str) -> None:
         """Free the finished phase's Trainer, module and optimiser state now, and log the RSS."""
@@ -361,36 +442,81 @@ class Evolver:
 
     # ---------------------------------------------------------------- outputs
     def _evaluate_pending(self) -> None:
-        """Evaluate the round the state marks ``pending_eval`` (unless its row was written before a
-        kill), then clear the mark."""
+        """Evaluate the round the state marks ``pending_eval`` on every world whose row was not
+        written before a kill, then clear the mark."""
         if "pending_eval" not in self.state:
             return
-        label = self.state["pending_eval"]
-        if str(label) in self.val_rounds():
-            log.info("val row of round %s already written: not evaluated again", label)
-        else:
-            self._evaluate(label)
+        self._evaluate(self.state["pending_eval"])
         del self.state["pending_eval"]
         self._write_state()
 
-    def val_rounds(self) -> list[str]:
-        """The ``round`` column of ``val_table.csv`` (empty when there is none)."""
+    def val_rows(self) -> list[dict[str, str]]:
+        """The rows of ``val_table.csv`` (empty when there is none; rows of tables written before the
+        ``world`` column count as the training world's)."""
         path = self.run_dir / "val_table.csv"
         if not path.exists():
             return []
         with path.open(newline="") as f:
-            return [row["round"] for row in csv.DictReader(f)]
+            return [{**row, "world": row.get("world") or TRAIN_WORLD} for row in csv.DictReader(f)]
 
-    def _evaluate(self, round_: int | str) -> None:
+    def _baseline_label(self) -> str:
+        """The evaluation every gain is measured from: the warm-up's when one runs, else round 0's."""
+        return "warmup" if self._warmup_due() or self.state.get("warmup") == "done" else "0"
+
+    def _eval_size(self, label: int | str) -> int:
+        """Questions per world at evaluation ``label``: all of ``eval_max_questions`` at the first and
+        the last, ``eval_round_questions`` in between (0 = all)."""
+        c = self.config
+        full = str(label) in (self._baseline_label(), str(c.rounds))
+        return c.eval_max_questions if full or not c.eval_round_questions else c.eval_round_questions
+
+    def _evaluate(self, label: int | str) -> None:
         if not self.datamodule.has_split("val"):
             return
-        results = self.evaluate("val", self.config.eval_max_questions)["all"]
-        row = {"round": round_, "step": self.state["step_offset"], **{k: round(v, 4) for k, v in results.items()}}
-        log.info("val after round %s: EM %.3f F1 %.3f searches %.2f tokens %.1f", round_, results["em"],
-                 results["f1"], results["searches"], results["tokens"])
-        self._append_row(row)  # the row first: a rerun finds it and does not log the scalars twice
-        self.logger.log_metrics({f"val/{k}": v for k, v in results.items() if k != "n"}, step=0)
+        done = {(row["round"], row["world"]) for row in self.val_rows()}
+        n = self._eval_size(label)
+        for world, examples, retriever in self.datamodule.eval_sets("val"):
+            if (str(label), world) in done:
+                log.info("val row of round %s (%s) already written: not evaluated again", label, world)
+                continue
+            records: list[dict[str, Any]] = []
+            start = time.perf_counter()
+            results = evaluate_policy(self.policy, self.env.with_retriever(retriever), examples[:n] if n else examples,
+                                      self.config.eval_batch_size, records=records, description=f"evaluate {world}")
+            self._save_records(label, world, records)
+            gain = self._gain(label, world, records)
+            row = val_row(label, world, self.state["step_offset"], results, gain)
+            log.info("%s", eval_line(label, world, results, gain, self._baseline_label(), time.perf_counter() - start))
+            self._append_row(row)  # the row first: a rerun finds it and does not log the scalars twice
+            prefix = "val" if world == TRAIN_WORLD else f"val_{world}"
+            self.logger.log_metrics({f"{prefix}/{k}": float(v) for k, v in row.items()
+                                     if k not in ("round", "world", "step", "n") and v != ""}, step=0)
         self._flush_logs()
+
+    def _records_path(self, label: int | str, world: str) -> Path:
+        return self.run_dir / "eval" / str(label) / f"{world}.jsonl"
+
+    @rank_zero_only
+    def _save_records(self, label: int | str, world: str, records: list[dict[str, Any]]) -> None:
+        path = self._records_path(label, world)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with writing(path, tmp):
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+            os.replace(tmp, path)
+
+    def _gain(self, label: int | str, world: str, records: list[dict[str, Any]]) -> tuple[float, float, float] | None:
+        """EM gain over the baseline evaluation on the questions both evaluated, with its paired 95%
+        interval; None for the baseline itself or without its records."""
+        base = self._baseline_label()
+        path = self._records_path(base, world)
+        if str(label) == base or not path.is_file():
+            return None
+        before = {r["id"]: r["em"] for r in map(json.loads, path.read_text().splitlines())}
+        pairs = [(r["em"], before[r["id"]]) for r in records if r["id"] in before]
+        if not pairs:
+            return None
+        return paired_difference_interval([a for a, _ in pairs], [b for _, b in pairs])
 
     @rank_zero_only
     def _flush_logs(self) -> None:
@@ -399,9 +525,20 @@ class Evolver:
     @rank_zero_only
     def _append_row(self, row: dict[str, Any]) -> None:
         path = self.run_dir / "val_table.csv"
+        if path.exists():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != list(VAL_FIELDS):  # a table of an older layout: rewritten in this one first
+                old = self.val_rows()
+                tmp = path.with_name(path.name + ".tmp")
+                with tmp.open("w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=VAL_FIELDS, restval="", extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(old)
+                os.replace(tmp, path)
         new = not path.exists()
         with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.DictWriter(f, fieldnames=VAL_FIELDS, restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -437,3 +574,63 @@ class Evolver:
         self.policy.load_weights(self.run_dir / "checkpoints" / self.state["checkpoint"])
         log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
                  PHASES[self.state["phase"]], self.state["step_offset"])
+
+
+def with_run_seed(env: SearchEnv, datamodule: RetrievalDataModule, seed: int) -> SearchEnv:
+    """Seeds left unset (None) follow the run's ``seed``: the data module's question order and the
+    vLLM engine's sampling (the warm-up's demonstration order too, set in the Evolver); so
+    ``evolver.seed`` alone gives a run another draw of everything."""
+    if getattr(datamodule, "seed", 0) is None:
+        datamodule.seed = seed
+    vllm = env.config.vllm
+    if vllm.seed is None:
+        env = replace(env, config=replace(env.config, vllm=replace(vllm, seed=seed)))
+    return env
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def val_row(label: int | str, world: str, step: int, results: dict[str, dict[str, float]],
+            gain: tuple[float, float, float] | None) -> dict[str, Any]:
+    """One ``val_table.csv`` row (`VAL_FIELDS`) from `evaluate_policy`'s results."""
+    a = results["all"]
+    row: dict[str, Any] = {"round": label, "world": world, "step": step, "n": int(a["n"])}
+    row.update({k: round(a[k], 4) for k in ("em", "em_lo", "em_hi", "f1", "searches", "tokens")})
+    row.update(dict(zip(("gain", "gain_lo", "gain_hi"), [round(g, 4) for g in gain] if gain else ["", "", ""],
+                        strict=True)))
+    for hops in (1, 2):
+        group = results.get(f"{hops}-hop")
+        row[f"em_{hops}hop"] = round(group["em"], 4) if group else ""
+    return row
+
+
+def eval_line(label: int | str, world: str, results: dict[str, dict[str, float]],
+              gain: tuple[float, float, float] | None, baseline: str, seconds: float) -> str:
+    """The console line of one evaluation: EM, its interval and n, EM per hop count, the gain, the time."""
+    a = results["all"]
+    hops = ", ".join(f"{k} {v['em']:.3f}" for k, v in results.items() if k.endswith("-hop"))
+    text = (f"val after round {label} [{world}]: EM {a['em']:.3f} (95% CI {a['em_lo']:.3f}-{a['em_hi']:.3f}, "
+            f"n {int(a['n'])}{'; ' + hops if hops else ''}) F1 {a['f1']:.3f} searches {a['searches']:.2f} "
+            f"tokens {a['tokens']:.1f}")
+    if gain is not None:
+        text += f"; gain over {baseline} {gain[0]:+.3f} (paired 95% CI {gain[1]:+.3f} to {gain[2]:+.3f})"
+    return text + f" [{seconds:.0f} s]"
+
+
+def phase_summary(kind: str, round_: int, stats: dict[str, list[float]], seconds: float) -> str:
+    """One line per phase: its steps and time, the first -> last value of each scalar of
+    `SUMMARY_KEYS` (a collapse shows as searches or length falling towards 0, or the share of
+    mixed groups emptying)."""
+    parts = []
+    for key in SUMMARY_KEYS[kind]:
+        values = stats.get(key)
+        if values:
+            parts.append(f"{key} {values[0]:.3g}" + (f" -> {values[-1]:.3g}" if len(values) > 1 else ""))
+    steps = len(stats.get("grad_norm", ()))
+    return f"round {round_} {kind}: {steps} steps in {seconds:.0f} s" + (", " + ", ".join(parts) if parts else "")

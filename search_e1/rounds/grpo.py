@@ -180,6 +180,7 @@ class GRPOModule(RoundModule):
         stats.update(rollout_stats(traj))
         stats.update(extra)
         stats["lr"] = self.current_lr
+        self.record_step(stats)
         self.log_dict({f"grpo/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch["question"]), sync_dist=True)
         self.log("reward", stats["reward_mean"], prog_bar=True, logger=False, batch_size=1)

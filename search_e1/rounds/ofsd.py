@@ -255,6 +255,7 @@ class OFSDModule(RoundModule):
         stats["ofsd/examples"] = float(len(self.examples))
         if self.examples:
             stats["ofsd/kl_before"] = self.mean_kl()
+        self.record_step({k.removeprefix("ofsd/"): v for k, v in stats.items()})
         if self.logger is not None:
             self.logger.log_metrics(stats, step=step)
         what = "OFSD round" if step == 0 else f"OFSD data refreshed at step {step}"
@@ -267,8 +268,11 @@ class OFSDModule(RoundModule):
             self.log_trajectories("ofsd/distilled_trajectories", traj, rows)
 
     def on_fit_end(self) -> None:
-        if self.logger is not None and self.examples:
-            self.logger.log_metrics({"ofsd/kl_after": self.mean_kl()}, step=self.steps)
+        if self.examples:
+            kl_after = self.mean_kl()
+            self.record_step({"kl_after": kl_after})
+            if self.logger is not None:
+                self.logger.log_metrics({"ofsd/kl_after": kl_after}, step=self.steps)
 
     @torch.no_grad()
     def mean_kl(self) -> float:
@@ -349,6 +353,7 @@ class OFSDModule(RoundModule):
             total += float(loss.detach())
         grad_norm = self.optimizer_step_clipped()
         stats = {"distill_loss": total, "tokens": n_tokens, "grad_norm": grad_norm, "lr": self.current_lr}
+        self.record_step(stats)
         self.log_dict({f"ofsd/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["response_mask"].shape[0], sync_dist=True)
         self.log("kl", total, prog_bar=True, logger=False, batch_size=1)

@@ -79,8 +79,8 @@ class WarmupConfig:
     """Demonstrations per forward/backward (gradient accumulation)."""
     max_examples: int = 0
     """Use only the first N demonstrations of the file; 0 = all."""
-    seed: int = 0
-    """Seed of the order in which demonstrations are drawn (a fresh permutation per pass)."""
+    seed: int | None = None
+    """Seed of the order in which demonstrations are drawn (a fresh permutation per pass); None = the run's seed (evolver.seed), 0 outside a run."""
 
     def __post_init__(self) -> None:
         if self.demonstrations is not None and not str(self.demonstrations).strip():
@@ -268,17 +268,16 @@ class WarmupModule(RoundModule):
         cycled order)."""
         c = self.config
         rank, world = rank_world()
-        order = cycled_order(len(self.examples), c.steps * c.batch_size * world, c.seed)
+        order = cycled_order(len(self.examples), c.steps * c.batch_size * world, c.seed or 0)
         items = [self.examples[i] for i in order[rank::world]]
         return DataLoader(items, batch_size=c.batch_size, shuffle=False,
                           collate_fn=partial(collate_demonstrations, pad_id=self.policy.tokenizer.pad_token_id))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         c = self.config
-        lr = self.current_lr  # the rate this step uses (the scheduler steps after it)
         loss, tokens = nll_backward(self.policy, batch, c.micro_batch_size, self.manual_backward)
         grad_norm = self.optimizer_step_clipped()
-        stats = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm, "lr": lr}
+        stats = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm, "lr": self.current_lr}
         self.log_dict({f"warmup/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["loss_mask"].shape[0], sync_dist=True)
         self.log("nll", loss, prog_bar=True, logger=False, batch_size=1)
