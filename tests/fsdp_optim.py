@@ -1,5 +1,6 @@
 """Rank script for tests/test_optim.py: BF16StateAdamW on FSDP2 shards (gloo, 2 CPU processes)
-against torch's AdamW on an unsharded copy. Writes the largest weight difference per step count."""
+against torch's AdamW on an unsharded copy. Writes the largest weight difference per step count,
+and whether the sharded state survives save_optimizer_state / load_optimizer_state exactly."""
 
 import json
 import os
@@ -9,9 +10,11 @@ import torch
 import torch.distributed as dist
 
 
-def main(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def main(rank: int, world: int, out: str) -> None:
+    # a file store, not TCP: rank 0 would host a TCPStore thread whose teardown at exit, racing the
+    # peer's, aborted the process now and then ("terminate called without an active exception")
+    store = os.path.join(os.path.dirname(out), "store")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -41,11 +44,26 @@ def main(rank: int, world: int, port: int, out: str) -> None:
         diffs.append(max((full[k] - v).abs().max().item() for k, v in ref.state_dict().items()))
     state = next(iter(opt.state.values()))
     assert isinstance(state["exp_avg"], DTensor) and state["exp_avg"].dtype == torch.bfloat16
+
+    # the state crosses a save/load (each rank its shards): a fresh optimiser resumes bit for bit
+    from search_e1.optim import load_optimizer_state, save_optimizer_state, saved_optimizer_steps
+
+    ckpt = os.path.join(os.path.dirname(out), "optim_state")
+    save_optimizer_state(sharded, opt, ckpt)
+    resumed = BF16StateAdamW(sharded.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+    load_optimizer_state(sharded, resumed, ckpt)
+    restored = all(torch.equal(resumed.state[p][k].to_local(), opt.state[p][k].to_local())
+                   for p in sharded.parameters() for k in ("exp_avg", "exp_avg_sq"))
+    restored = restored and all(torch.equal(resumed.state[p]["step"], opt.state[p]["step"]) for p in sharded.parameters())
+    steps = saved_optimizer_steps(ckpt)
     if rank == 0:
         with open(out, "w") as f:
-            json.dump({"diffs": diffs}, f)
+            json.dump({"diffs": diffs, "restored": restored, "saved_steps": steps}, f)
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # skip C++ static teardown: gloo's, racing the peer's exit, aborted rank 0 now and then
 
 
 if __name__ == "__main__":
-    torch.multiprocessing.spawn(main, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+    torch.multiprocessing.spawn(main, args=(2, sys.argv[1]), nprocs=2)
