@@ -93,3 +93,20 @@ def test_registry_names_unknown_and_duplicates():
         get_advantage_estimator("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_advantage_estimator("grpo")(lambda r, g, eps=1e-6: r)
+
+
+def test_groups_of_equal_rewards_get_exactly_zero_whatever_the_values():
+    """Non-dyadic equal rewards (F1 scores, format weights) and their float rounding: a uniform group's
+    advantage is exactly 0 (its tiny ``r - mean`` over a tiny std would otherwise be up to ~0.06)."""
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        for _ in range(50):
+            values = torch.rand(4, generator=gen, dtype=dtype)
+            rewards = values.repeat_interleave(5)  # [20]: 4 uniform groups of 5
+            groups = torch.arange(4).repeat_interleave(5)
+            perm = torch.randperm(20, generator=gen)
+            for scale in (True, False):
+                adv = group_advantages(rewards[perm], groups[perm], scale_by_std=scale)
+                assert torch.equal(adv, torch.zeros_like(adv))
+    mixed = group_advantages(torch.tensor([0.7, 0.7, 0.1]), torch.tensor([0, 0, 0]))
+    assert (mixed != 0).all()  # a mixed group keeps its advantages

@@ -159,3 +159,9 @@ def test_dr_grpo_aggregation_equals_a_loop():
     rows = [float(loss[i][mask[i]].sum()) / 64 for i in range(5) if mask[i].any()]
     assert float(agg_loss(loss, mask, "seq-mean-token-sum-norm", norm_tokens=64)) == pytest.approx(
         sum(rows) / len(rows), abs=1e-12)
+
+
+def test_gspo_takes_one_advantage_per_sequence_only():
+    new = torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(ValueError, match=r"one per sequence \[B\] = \[2\], got \(2, 3\)"):
+        gspo_policy_loss(new, new, torch.ones(2, 3, dtype=F64), MASK)

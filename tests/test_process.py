@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from search_e1 import memory
-from search_e1.rollout.vllm_backend import _stderr_without
+from search_e1.rollout.vllm_compat import stderr_without
 
 glibc = pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
 
@@ -50,7 +50,7 @@ def test_mmap_threshold_is_set_only_for_a_positive_size():
 def test_stderr_filter_drops_matching_lines_of_any_writer(capfd):
     """Lines written to file descriptor 2 (as C++ code does) pass in their order, except those
     containing a filtered prefix; Python's sys.stderr still reaches the console."""
-    with _stderr_without(("Warning: NUMA binding:",)):
+    with stderr_without(("Warning: NUMA binding:",)):
         os.write(2, b"first\n[W utils.cpp:68] Warning: NUMA binding: Using MEMBIND policy\nsecond\n")
         print("from python", file=sys.stderr)
     err = capfd.readouterr().err
@@ -59,7 +59,7 @@ def test_stderr_filter_drops_matching_lines_of_any_writer(capfd):
 
 
 def test_stderr_filter_passes_everything_back_when_the_body_raises(capfd):
-    with pytest.raises(RuntimeError), _stderr_without(("skip me",)):
+    with pytest.raises(RuntimeError), stderr_without(("skip me",)):
         os.write(2, b"skip me\nkeep me\n")
         raise RuntimeError("engine failed")
     assert capfd.readouterr().err == "keep me\n"

@@ -182,3 +182,25 @@ def test_weights_are_released_after_a_rollout_and_pushed_before_the_next(embedde
     assert [o.ids for o in again] == [o.ids for o in first]
     assert max(abs(a - b) for x, y in zip(again, first, strict=True) for a, b in zip(x.logprobs, y.logprobs,
                                                                                      strict=True)) <= 1e-5
+
+
+def test_building_an_engine_leaves_the_process_as_it_found_it(embedded_policy, contexts):
+    """vllm_compat.engine_build_scope: environment variables, torch.set_num_threads and the GC are
+    as they were after a build (and generation still works); only PROCESS_CHANGES differ."""
+    import gc
+    import os
+    import warnings
+
+    from search_e1.rollout.vllm_backend import shutdown_engines
+    from search_e1.rollout.vllm_compat import PROCESS_CHANGES, check_vllm_version
+
+    shutdown_engines()
+    env, set_threads, filters = dict(os.environ), torch.set_num_threads, list(warnings.filters)
+    out = make_generator(embedded_policy, _cfg())(contexts[:2], [8, 8])  # builds a fresh engine, generates
+    assert all(o.ids for o in out)
+    assert dict(os.environ) == env  # VLLM_*, OMP_NUM_THREADS, RANK... set for the build only
+    assert torch.set_num_threads is set_threads and gc.get_freeze_count() == 0
+    assert torch.get_num_threads() == ENGINE.threads  # PROCESS_CHANGES[0]
+    added = [f for f in warnings.filters if f not in filters]
+    assert all(f[2] is FutureWarning and "vllm" in str(f[3]) for f in added)  # PROCESS_CHANGES[2]
+    assert len(PROCESS_CHANGES) == 3 and check_vllm_version().startswith("0.32")

@@ -78,8 +78,9 @@ def group_advantages(
         scale_by_std: divide by the unbiased group std (``False``: Dr.GRPO mean-centering only).
 
     Returns:
-        ``[N]`` advantages (floating; 0 for a group of one member, and for a group of equal
-        rewards even with ``eps = 0``).
+        ``[N]`` advantages (floating; exactly 0 for a group of one member and for a group whose
+        rewards are all equal, whatever the float rounding of its mean: for non-dyadic rewards such
+        as F1 ``r - mean`` is not exactly 0 there, and over a tiny std it would be large).
 
     Example: rewards ``[1, 0, 0, 1]`` in one group have mean 0.5 and unbiased std
     ``sqrt(1/3) = 0.5774``, so advantages ``[0.866, -0.866, -0.866, 0.866]``.
@@ -90,9 +91,11 @@ def group_advantages(
             f"{tuple(group_ids.shape)}"
         )
     r = _float(rewards)  # [N]
+    if r.numel() == 0:
+        return r.clone()
     mean, std, size = group_stats(r, group_ids)  # [N] each
     adv = r - mean  # [N]
-    keep = size > 1  # [N]
+    keep = (size > 1) & mixed_group_rows(r, group_ids)  # [N] equal rewards: exactly 0, whatever the rounding
     if scale_by_std:
         denom = std + eps  # [N]
         keep = keep & (denom > 0)  # [N] an all-equal group with eps = 0: 0, not 0/0

@@ -241,8 +241,9 @@ def gspo_policy_loss(
     """
     on = mask != 0  # [B, T]
     adv = advantages.detach()
-    if adv.dim() == 2:  # one advantage per sequence: GSPO's advantages are sequence-level
-        adv = adv[:, 0]
+    if adv.dim() != 1 or adv.shape[0] != logprobs.shape[0]:
+        raise ValueError(f"gspo_policy_loss: advantages must be one per sequence [B] = [{logprobs.shape[0]}], got "
+                         f"{tuple(adv.shape)} (GSPO's advantage is sequence-level)")
     adv = adv.to(logprobs.dtype)  # [B]
     log_ratio = torch.where(on, logprobs - old_logprobs.detach(), 0.0)  # [B, T]
     n_tok = on.sum(-1).clamp(min=1).to(logprobs.dtype)  # [B]

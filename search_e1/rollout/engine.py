@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from search_e1.config import check_range
 from search_e1.distributed import any_rank
 from search_e1.protocol import (
     PromptConfig,
@@ -40,8 +41,9 @@ from search_e1.protocol import (
 )
 from search_e1.retrieval.base import Retriever, format_passages
 from search_e1.rewards import RewardConfig, compute_reward
-from search_e1.rollout.generation import BACKENDS, TurnGenerator, TurnOutput, make_generator
+from search_e1.rollout.backends import BACKENDS, make_generator
 from search_e1.rollout.trajectory import Segment, Trajectory
+from search_e1.rollout.turn import TurnGenerator, TurnOutput
 from search_e1.rollout.vllm_backend import VLLMConfig
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,8 @@ class RolloutConfig:
                      "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RolloutConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_info_tokens < 0 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("RolloutConfig: max_info_tokens >= 0, temperature >= 0, 0 < top_p <= 1")
+        check_range(self, at_least={"max_info_tokens": 0, "temperature": 0, "top_k": 0}, above={"top_p": 0},
+                    at_most={"top_p": 1})
 
 
 class State(enum.Enum):

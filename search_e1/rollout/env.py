@@ -24,9 +24,10 @@ from search_e1.memory import generation_allocations
 from search_e1.protocol import PromptConfig
 from search_e1.retrieval.base import Retriever
 from search_e1.rewards import RewardConfig
+from search_e1.rollout.backends import make_generator
 from search_e1.rollout.engine import RolloutConfig, check_prompt_fits, rollout
-from search_e1.rollout.generation import GeneratorFactory, make_generator
 from search_e1.rollout.trajectory import Trajectory
+from search_e1.rollout.turn import GeneratorFactory
 
 
 @dataclass

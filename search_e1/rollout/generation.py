@@ -1,7 +1,7 @@
-"""One generation turn for a batch of contexts: the seam between the state machine and a backend.
+"""The reference generation backend: `HFTurnGenerator`, one turn for a batch of contexts.
 
-`TurnGenerator` is what the rollout engine calls once per turn. `HFTurnGenerator` is the
-reference backend: one ``model.generate`` call over the whole (left-padded) context of every
+The rollout engine calls a `search_e1.rollout.turn.TurnGenerator` once per turn. `HFTurnGenerator`
+is the reference backend: one ``model.generate`` call over the whole (left-padded) context of every
 active row, stopping each row at ``</search>``, ``</answer>``, EOS or the token budget. It
 re-encodes the full context every turn (no KV cache across turns); it stays as the reference
 that faster engines are checked and benchmarked against.
@@ -14,77 +14,13 @@ training forward pass recomputes, so importance ratios start at 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor
 
 from search_e1.distributed import is_distributed, max_over_ranks
 from search_e1.protocol import STOP_STRINGS
-
-
-@dataclass
-class TurnOutput:
-    """What one row produced in one turn."""
-
-    ids: list[int]
-    """Sampled token ids, cut just after the stop string or the EOS token."""
-    logprobs: list[float]
-    """Sampling log-prob of each id."""
-    stop: str
-    """Why the turn ended: "stop" (a stop string), "eos" or "length"."""
-
-
-class TurnGenerator(Protocol):
-    """Generates one turn for each context; ``max_new_tokens`` is a per-row budget. A generator may
-    also have ``end_rollout()``, called once a rollout's last turn is done."""
-
-    def __call__(self, contexts: list[list[int]], max_new_tokens: list[int]) -> list[TurnOutput]: ...
-
-
-GeneratorFactory = Callable[[Any, Any], TurnGenerator]
-"""``(policy, rollout_config) -> TurnGenerator``: how the modules build their rollout backend."""
-
-
-def left_pad(contexts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Left-pad token lists into ``input_ids [B, T]`` and ``attention_mask [B, T]``."""
-    width = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(contexts), width), dtype=torch.long)  # [B, T]
-    for i, ctx in enumerate(contexts):
-        ids[i, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-        mask[i, width - len(ctx) :] = 1
-    return ids, mask
-
-
-def stop_cut(tokenizer: Any, ids: list[int], stops: tuple[str, ...] = STOP_STRINGS) -> int | None:
-    """Length of the shortest prefix of ``ids`` whose text contains a stop string, or None.
-
-    Binary search over prefixes (containment is monotone in the prefix length).
-    """
-    if not ids or not any(s in tokenizer.decode(ids) for s in stops):
-        return None
-    lo, hi = 1, len(ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if any(s in tokenizer.decode(ids[:mid]) for s in stops):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def cut_turn(tokenizer: Any, new_ids: list[int], eos_ids: set[int]) -> tuple[int, str]:
-    """Where a row's turn ends inside ``new_ids``: ``(length, reason)``."""
-    eos_at = next((i for i, t in enumerate(new_ids) if t in eos_ids), None)
-    stop_at = stop_cut(tokenizer, new_ids if eos_at is None else new_ids[:eos_at])
-    if stop_at is not None:
-        return stop_at, "stop"
-    if eos_at is not None:
-        return eos_at + 1, "eos"
-    return len(new_ids), "length"
+from search_e1.rollout.turn import TurnOutput, cut_turn, left_pad
 
 
 class HFTurnGenerator:
@@ -163,18 +99,3 @@ def hf_generator(policy: Any, cfg: Any) -> HFTurnGenerator:
     """The reference backend: `HFTurnGenerator` on the policy with the config's sampling knobs."""
     return HFTurnGenerator(policy.model, policy.tokenizer, policy.eos_token_ids, cfg.temperature, cfg.top_k,
                            cfg.top_p, cfg.generation_batch_size)
-
-
-def _vllm_generator(policy: Any, cfg: Any) -> TurnGenerator:
-    from search_e1.rollout.vllm_backend import vllm_generator
-
-    return vllm_generator(policy, cfg)
-
-
-BACKENDS: dict[str, GeneratorFactory] = {"hf": hf_generator, "vllm": _vllm_generator}
-"""``RolloutConfig.backend`` -> the factory that builds its `TurnGenerator`."""
-
-
-def make_generator(policy: Any, cfg: Any) -> TurnGenerator:
-    """The `TurnGenerator` of the backend ``cfg.backend`` names (``hf`` when the config has none)."""
-    return BACKENDS[getattr(cfg, "backend", "hf")](policy, cfg)

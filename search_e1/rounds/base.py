@@ -22,7 +22,7 @@ number for text samples.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,10 @@ from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory
 
 log = logging.getLogger(__name__)
+
+QuestionSource = Callable[[int, int], list[tuple[str, list[str]]]]
+"""``(k, seed) -> k (question, golden_answers) pairs`` drawn from the training split (DAPO's refills,
+on-policy OFSD refreshes; the Evolver passes the data module's)."""
 
 
 @dataclass
