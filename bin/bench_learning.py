@@ -1,43 +1,45 @@
 #!/usr/bin/env python
-"""Learning benchmark (issue 8): does Search-E1 (GRPO + OFSD) beat GRPO alone from one warm-up?
+"""Learning benchmark: does the privileged sibling matter? Ablation arms at an equal budget, and
+the sweep that chose the quickstart's update sizes.
 
-1. One shared warm-up checkpoint: ``search-e1 fit`` on the quickstart config with no GRPO/OFSD
-   steps (``checkpoints/warmup`` of ``OUT/warmup``).
-2. For each arm and seed, ``search-e1 fit`` from that checkpoint (no second warm-up), same rounds:
+Ablation (the default command). Per seed one warm-up (``search-e1 fit --evolver.rounds 0``: the
+quickstart's warm-up alone, evaluated greedily on every world: the baseline), then per arm x seed
+``search-e1 fit`` from that warm-up checkpoint for ``--rounds`` rounds. A seed gives every arm the
+same warm-up, question order and engine seed (``evolver.seed``). The arms spend the same budget:
+per round ``S + k`` optimiser steps and ``(S + k) x B x G`` sampled trajectories, where ``S`` is the
+config's GRPO steps per round, ``B`` its questions per step, ``G`` its group size and ``k =
+ofsd-questions / B``:
 
-   * ``grpo``: each round ``grpo_steps + k`` GRPO steps, no OFSD;
-   * ``search-e1``: each round ``grpo_steps`` GRPO steps, then an OFSD round of ``k`` optimiser
-     steps on ``--ofsd-questions`` questions x G fresh trajectories (G = ``grpo.group_size``);
-   * ``gspo``, ``dapo``, ``dr-grpo``, ``grpo-llds``: the ``grpo`` arm with that policy loss /
-     recipe (`ARMS` lists the flags);
-   * ``search-e1-onpolicy``: the ``search-e1`` arm whose OFSD data is refreshed from the current
-     policy every ``k/2`` steps, on half the questions each time (the same trajectories in all).
+* ``grpo``: ``S + k`` GRPO steps;
+* ``search-e1``: ``S`` GRPO steps, then an OFSD round on ``k x B`` questions x ``G`` fresh samples
+  taking exactly ``k`` optimiser steps (the paper's method: forward KL, the more efficient sibling);
+* ``placebo``: ``search-e1`` whose teacher is shown a correct trajectory of ANOTHER question
+  (``ofsd.privileged: placebo``);
+* ``rft``: the same OFSD data sets trained with NLL on each chosen sibling (``ofsd.objective: rft``);
+* ``dapo``: the strongest GRPO-family recipe of the earlier one-round table, at this budget: ``B/2``
+  questions per rollout and at most one refill of ``B/2`` (clip-higher 0.28, overlong filtering),
+  so it never samples more than the others (its actual count is reported).
 
-   With ``k = ofsd_questions / data.batch_size`` the arms sample the same number of trajectories
-   (GRPO: batch x G per step; OFSD: num_questions x G per round; DAPO's refills excepted: it
-   samples up to one extra batch per step, by design) and take the same number of optimiser steps
-   per round (one per GRPO step, ``k`` per OFSD round). The arms differ only in what those steps
-   learn from. ``--arms`` selects arms by name.
-3. Each run's val table gives EM and searches per question after every round against the
-   trajectories sampled so far; the last checkpoint is evaluated greedily on val and test, split
-   by hop count (single-hop, two-hop, all), with searches per correct answer and generated tokens
-   per answer. Mean and standard deviation over seeds per arm go to ``OUT/results.json``, a rich
-   table, and ``OUT/learning.png`` (EM and searches against trajectories sampled).
+Each run's last evaluation (the evolver's, ``eval_max_questions``: all 300 val questions of the
+training world and all 300 of the held-out world) gives EM by hop count, searches per correct
+answer and tokens per answer; per arm the mean and Student t 95% interval over seeds, and against
+``grpo`` the mean paired difference (same seed) with its interval. Learning curves (EM and searches
+against trajectories sampled) go to ``learning.png``; each OFSD round's ``summary.json`` gives the
+examples distilled, how rows got their sibling and the teacher-student KL before/after, over query
+tokens and the rest. ``REPORT/results.json``, ``REPORT/table.md`` and the plot are written; run
+directories stay under ``--out`` (their checkpoints are deleted once evaluated, ``--keep-checkpoints``
+keeps them). Rerunning the same command after an interruption reuses every finished run.
 
-Sweep mode (``sweep``): the quickstart recipe's update-size knobs over seeds. Per seed one warm-up
-(``search-e1 fit`` with no rounds; its greedy evaluation on both worlds is the baseline), then per
-setting x seed a run from that warm-up checkpoint with the setting's flags. Settings are compared on
-the training world's val split only (mean and 95% t-interval over seeds of the last round's EM,
-the worst seed, the mean paired gain over the warm-up); the held-out world's figures are reported
-beside them and never used to choose. Rerunning the same command reuses finished runs.
+Sweep (``sweep``): per setting (a few ``search-e1 fit`` flags) x seed a run from the seed's warm-up;
+settings are compared on the training world's val split only (mean, 95% interval, worst seed, mean
+paired gain over the warm-up); the held-out world is reported beside and never used to choose.
 
 Every run is a child process of the real CLI (``search-e1 fit``), so the benchmark measures what
 users run. Run::
 
-    python bin/bench_learning.py                      # grpo and search-e1 x 3 seeds, ~1.5 h on 2 cores
-    python bin/bench_learning.py --rounds 1 --arms grpo,search-e1,gspo,dapo,search-e1-onpolicy
-    python bin/bench_learning.py --seeds 0 --rounds 1 # smoke run
-    python bin/bench_learning.py sweep --seeds 0,1,2 --settings quickstart,lr1e-5,warmup4,batch8
+    python bin/bench_learning.py                                   # 5 arms x 5 seeds, 2 rounds
+    python bin/bench_learning.py --arms grpo,search-e1 --seeds 0   # smoke run
+    python bin/bench_learning.py sweep --seeds 10,11,12 --settings quickstart,lr1e-5,batch8
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -60,188 +63,25 @@ from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_learning")
-GRPO_ONLY, WITH_OFSD = "grpo", "search-e1"
-ARMS: dict[str, tuple[str, list[str]]] = {
-    "grpo": (GRPO_ONLY, []),
-    "search-e1": (WITH_OFSD, []),
-    "gspo": (GRPO_ONLY, ["--grpo.policy_loss", "gspo", "--grpo.clip_low", "3.0e-4", "--grpo.clip_high", "4.0e-4",
-                         "--grpo.loss_agg", "seq-mean-token-mean", "--grpo.recompute_old_logprobs", "true"]),
-    "dapo": (GRPO_ONLY, ["--grpo.clip_high", "0.28", "--grpo.dynamic_sampling", "true",
-                         "--grpo.dynamic_sampling_max_rollouts", "1", "--grpo.overlong_filter", "true"]),
-    "dr-grpo": (GRPO_ONLY, ["--grpo.advantage", "grpo_no_std", "--grpo.loss_agg", "seq-mean-token-sum-norm"]),
-    "grpo-llds": (GRPO_ONLY, ["--grpo.llds_coef", "0.2", "--grpo.mini_batch_size", "8"]),
-    "search-e1-onpolicy": (WITH_OFSD, []),  # refresh flags depend on k: `arm_overrides`
-}
-"""Arm name -> (schedule: GRPO only, or GRPO + OFSD at an equal budget; extra ``search-e1 fit`` flags)."""
-DEFAULT_ARMS = ("grpo", "search-e1")
 
 
+# ---------------------------------------------------------------- runs
 def fit(config: str, run_dir: Path, overrides: list[str]) -> float:
-    """``search-e1 fit`` in a child process; returns its wall time (a failed run raises)."""
+    """``search-e1 fit`` in a child process (its output in ``<run_dir>.log``); returns its wall time."""
     cmd = [sys.executable, "-m", "search_e1.cli", "fit", "--config", config, "--evolver.run_dir", str(run_dir),
            *overrides]
     log.info("%s", " ".join(cmd[2:]))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with (run_dir.parent / f"{run_dir.name}.log").open("w") as out:
-        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+    with (run_dir.parent / f"{run_dir.name}.log").open("a") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[2:])} failed (exit {proc.returncode}); see {run_dir}.log")
     return time.perf_counter() - t0
 
 
-def arm_overrides(arm: str, args: argparse.Namespace, k: int) -> list[str]:
-    schedule, flags = ARMS[arm]
-    if schedule == GRPO_ONLY:
-        return ["--evolver.grpo_steps", str(args.grpo_steps + k), "--evolver.ofsd_steps", "0", *flags]
-    if arm == "search-e1-onpolicy":  # two data sets of half the questions: the same trajectories
-        if k % 2 or args.ofsd_questions % 2:
-            raise SystemExit("search-e1-onpolicy needs an even k and an even --ofsd-questions")
-        flags = ["--ofsd.refresh_every", str(k // 2), "--ofsd.num_questions", str(args.ofsd_questions // 2)]
-    return ["--evolver.grpo_steps", str(args.grpo_steps), "--evolver.ofsd_steps", str(k), *flags]
-
-
-def val_curve(run_dir: Path, arm: str, args: argparse.Namespace, k: int, batch: int, group: int,
-              ofsd_questions: int) -> list[dict[str, float]]:
-    """EM and searches per question after each round against the trajectories sampled so far."""
-    per_round = (args.grpo_steps + k) * batch * group if ARMS[arm][0] == GRPO_ONLY else \
-        args.grpo_steps * batch * group + ofsd_questions * group
-    rows = list(csv.DictReader((run_dir / "val_table.csv").open()))
-    curve = []
-    for row in rows:  # round 0 = the shared warm-up checkpoint, before any trajectory
-        r = row["round"]
-        n = 0 if r == "warmup" else int(r) * per_round
-        curve.append({"trajectories": n, "em": float(row["em"]), "searches": float(row["searches"])})
-    return curve
-
-
-def evaluate_split(policy: Any, init: Any, split: str) -> dict[str, dict[str, float]]:
-    """Greedy evaluation of one split by hop count: EM, searches per correct answer, tokens per answer."""
-
-    from search_e1.cli import search_env
-    from search_e1.rewards import exact_match
-
-    examples = init.data.examples(split)
-    env = search_env(init).with_retriever(init.data.retriever)
-    traj = env.rollout(policy, [e.question for e in examples], [list(e.golden_answers) for e in examples], greedy=True)
-    groups: dict[str, list[int]] = {"single-hop": [], "two-hop": [], "all": []}
-    for i, e in enumerate(examples):
-        groups["single-hop" if e.metadata.get("hops", 1) == 1 else "two-hop"].append(i)
-        groups["all"].append(i)
-    out = {}
-    for name, idx in groups.items():
-        em = [exact_match(traj.answers[i], examples[i].golden_answers) for i in idx]
-        correct = [i for i, v in zip(idx, em, strict=True) if v]
-        out[name] = {
-            "n": len(idx), "em": sum(em) / max(len(idx), 1),
-            "searches_per_correct": sum(int(traj.num_searches[i]) for i in correct) / max(len(correct), 1),
-            "tokens_per_answer": sum(int(traj.response_lengths[i]) for i in idx) / max(len(idx), 1),
-        }
-    return out
-
-
-def evaluate_runs(config: str, runs: list[dict[str, Any]]) -> None:
-    """Evaluate every run's checkpoint on val and test, in this process (one policy object,
-    weights loaded per checkpoint, so one vLLM engine that re-syncs)."""
-    from search_e1 import Policy
-    from search_e1.cli import fit_parser
-
-    parser = fit_parser()
-    init = parser.instantiate(parser.parse_args(["--config", config]))
-    init.data.setup("fit")
-    init.data.setup("test")
-    policy = Policy.from_config(init.policy).eval()
-    for run in runs:
-        policy.load_weights(Path(run["ckpt"]))
-        run["eval"] = {split: evaluate_split(policy, init, split) for split in ("val", "test")}
-        log.info("%s seed %s: val EM %.3f test EM %.3f", run["arm"], run["seed"], run["eval"]["val"]["all"]["em"],
-                 run["eval"]["test"]["all"]["em"])
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of every figure, per arm."""
-    out: dict[str, Any] = {}
-    for arm in sorted({r["arm"] for r in runs}):
-        rs = [r for r in runs if r["arm"] == arm]
-        figures: dict[str, list[float]] = {}
-        for r in rs:
-            for split, by_hop in r["eval"].items():
-                for hop, vals in by_hop.items():
-                    for key, v in vals.items():
-                        if key != "n":
-                            figures.setdefault(f"{split}/{hop}/{key}", []).append(v)
-            if "wall_s" in r:
-                figures.setdefault("wall_s", []).append(r["wall_s"])
-        out[arm] = {k: {"mean": statistics.fmean(v), "std": statistics.pstdev(v) if len(v) > 1 else 0.0,
-                        "n": len(v)} for k, v in figures.items()}
-    return out
-
-
-def table(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="learning at an equal budget (mean ± std over seeds)")
-    t.add_column("figure")
-    arms = list(summary)
-    for arm in arms:
-        t.add_column(arm, justify="right")
-    keys = [f"{s}/{h}/em" for s in ("val", "test") for h in ("single-hop", "two-hop", "all")]
-    keys += ["val/all/searches_per_correct", "test/all/searches_per_correct", "val/all/tokens_per_answer",
-             "test/all/tokens_per_answer", "wall_s"]
-    for key in keys:
-        cells = []
-        for arm in arms:
-            f = summary[arm].get(key)
-            cells.append("-" if f is None else f"{f['mean']:.3f} ± {f['std']:.3f}" if key != "wall_s"
-                         else f"{f['mean']:.0f} ± {f['std']:.0f}")
-        t.add_row(key, *cells)
-    Console().print(t)
-
-
-def plot(runs: list[dict[str, Any]], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot (pip install matplotlib)")
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colors = {"grpo": "tab:blue", "search-e1": "tab:red", "gspo": "tab:green", "dapo": "tab:orange",
-              "dr-grpo": "tab:purple", "grpo-llds": "tab:brown", "search-e1-onpolicy": "tab:pink"}
-    for r in runs:
-        if "curve" not in r:
-            continue
-        xs = [p["trajectories"] for p in r["curve"]]
-        for ax, key in zip(axes, ("em", "searches"), strict=True):
-            ax.plot(xs, [p[key] for p in r["curve"]], "o-", color=colors.get(r["arm"], "gray"), alpha=0.6,
-                    label=f"{r['arm']} seed {r['seed']}")
-    axes[0].set_ylabel("val EM (greedy)")
-    axes[1].set_ylabel("searches per question")
-    for ax in axes:
-        ax.set_xlabel("trajectories sampled after the warm-up")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return True
-
-
-# ---------------------------------------------------------------- sweep mode
-SWEEP: dict[str, list[str]] = {
-    "quickstart": [],
-    "fresh-adam": ["--evolver.persist_optimizers", "false"],
-    "lr1e-5": ["--grpo.optim.lr", "1.0e-5"],
-    "warmup4": ["--grpo.optim.warmup_steps", "4"],
-    "batch8": ["--data.batch_size", "8"],
-    "batch8-lr1e-5": ["--data.batch_size", "8", "--grpo.optim.lr", "1.0e-5"],
-    "steps8": ["--evolver.grpo_steps", "8"],
-    "kl0.01": ["--grpo.kl_coef", "0.01"],
-}
-"""Setting name -> ``search-e1 fit`` flags on top of the config (the sweep's grid; ``--set NAME=FLAGS`` adds one)."""
-
-
 def finished(run_dir: Path) -> bool:
-    """True when the run in ``run_dir`` ran all its rounds (its state is past the last one)."""
+    """True when the run in ``run_dir`` ran all its rounds and wrote its last evaluation."""
     state_file, config = run_dir / "evolver_state.json", run_dir / "config.yaml"
     if not state_file.is_file() or not config.is_file():
         return False
@@ -252,181 +92,384 @@ def finished(run_dir: Path) -> bool:
     return state["round"] > rounds and "pending_eval" not in state
 
 
+def run_once(config: str, run_dir: Path, flags: list[str], keep_checkpoints: bool = True) -> float:
+    """Fit unless finished; returns the wall time of the fit that finished it (``wall_s.txt``)."""
+    if not finished(run_dir):
+        wall = fit(config, run_dir, flags)
+        (run_dir / "wall_s.txt").write_text(f"{wall:.1f}")
+        if not keep_checkpoints:  # the evaluation is in val_table.csv and eval/: the weights are not needed
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return float((run_dir / "wall_s.txt").read_text())
+
+
 def warmup_run(config: str, out: Path, seed: int) -> Path:
     """The warm-up of ``seed`` alone (``--evolver.rounds 0``), evaluated on every world; returns its run dir."""
     run_dir = out / f"warmup_seed{seed}"
-    if not finished(run_dir):
-        fit(config, run_dir, ["--evolver.seed", str(seed), "--evolver.rounds", "0", "--evolver.eval_initial", "false"])
+    run_once(config, run_dir, ["--evolver.seed", str(seed), "--evolver.rounds", "0", "--evolver.eval_initial", "false"])
     return run_dir
 
 
-def records(run_dir: Path, label: str, world: str) -> dict[str, float]:
-    """Question id -> EM of one evaluation of a run (its ``eval/<label>/<world>.jsonl``)."""
+def from_warmup(warm: Path, seed: int) -> list[str]:
+    """Flags of a run that starts from a seed's warm-up checkpoint (no second warm-up)."""
+    return ["--policy.path", str(warm / "checkpoints" / "warmup"), "--warmup.demonstrations", "null",
+            "--evolver.seed", str(seed), "--evolver.eval_initial", "false"]
+
+
+# ---------------------------------------------------------------- a run's figures
+def val_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "val_table.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def worlds_of(run_dir: Path) -> list[str]:
+    return list(dict.fromkeys(r["world"] for r in val_rows(run_dir)))
+
+
+def records(run_dir: Path, label: str, world: str) -> dict[str, dict[str, Any]]:
+    """Question id -> that question's record of one evaluation (``eval/<label>/<world>.jsonl``)."""
     path = run_dir / "eval" / label / f"{world}.jsonl"
-    return {r["id"]: float(r["em"]) for r in map(json.loads, path.read_text().splitlines())}
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
-def last_rows(run_dir: Path) -> dict[str, dict[str, str]]:
-    """The last evaluation's row of every world in a run's ``val_table.csv``."""
-    rows = list(csv.DictReader((run_dir / "val_table.csv").open()))
-    last = rows[-1]["round"]
-    return {r["world"]: r for r in rows if r["round"] == last}
-
-
-def sweep_run(warm: Path, run_dir: Path, worlds: list[str]) -> dict[str, Any]:
-    """A finished run's last EM per world and its paired gain over the warm-up on the same questions."""
+def figures(now: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """EM (all and by hop count), searches per correct answer, tokens per answer of one evaluation's
+    records, and the paired gain over ``before`` on the questions both evaluated."""
     from search_e1.stats import paired_difference_interval
 
-    out: dict[str, Any] = {}
-    rows = last_rows(run_dir)
-    for world in worlds:
-        row = rows[world]
-        now, before = records(run_dir, row["round"], world), records(warm, "warmup", world)
-        pairs = [(now[q], before[q]) for q in now if q in before]
-        gain = paired_difference_interval([a for a, _ in pairs], [b for _, b in pairs])
-        out[world] = {"n": int(row["n"]), "em": float(row["em"]), "em_lo": float(row["em_lo"]),
-                      "em_hi": float(row["em_hi"]), "warmup_em": sum(before.values()) / len(before),
-                      "gain": gain[0], "gain_lo": gain[1], "gain_hi": gain[2], "searches": float(row["searches"]),
-                      "tokens": float(row["tokens"]), "em_1hop": float(row["em_1hop"] or "nan"),
-                      "em_2hop": float(row["em_2hop"] or "nan")}
+    rs = list(now.values())
+    correct = [r for r in rs if r["em"]]
+    out = {"n": len(rs), "em": sum(r["em"] for r in rs) / len(rs),
+           "searches_per_correct": sum(r["searches"] for r in correct) / max(len(correct), 1),
+           "tokens_per_answer": sum(r["tokens"] for r in rs) / len(rs),
+           "searches": sum(r["searches"] for r in rs) / len(rs)}
+    for hops in sorted({r["hops"] for r in rs if r["hops"] is not None}):
+        part = [r["em"] for r in rs if r["hops"] == hops]
+        out[f"em_{hops}hop"] = sum(part) / len(part)
+    pairs = [(now[q]["em"], before[q]["em"]) for q in now if q in before]
+    out["gain"], out["gain_lo"], out["gain_hi"] = paired_difference_interval([a for a, _ in pairs],
+                                                                             [b for _, b in pairs])
     return out
+
+
+def last_evaluation(run_dir: Path, warm: Path) -> dict[str, dict[str, float]]:
+    """Per world: `figures` of the run's last evaluation against its warm-up's."""
+    rows = val_rows(run_dir)
+    last = rows[-1]["round"]
+    return {w: figures(records(run_dir, last, w), records(warm, "warmup", w)) for w in worlds_of(run_dir)
+            if (run_dir / "eval" / last / f"{w}.jsonl").is_file()}
+
+
+def mean_ci(values: list[float]) -> dict[str, float]:
+    from search_e1.stats import mean_interval
+
+    mean, lo, hi = mean_interval(values)
+    return {"mean": mean, "lo": lo, "hi": hi, "n": len(values)}
+
+
+def fmt(f: dict[str, float], digits: int = 3) -> str:
+    return f"{f['mean']:.{digits}f} [{f['lo']:.{digits}f}, {f['hi']:.{digits}f}]"
+
+
+# ---------------------------------------------------------------- the ablation arms
+GRPO_ONLY, WITH_OFSD = "grpo", "ofsd"
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "grpo": (GRPO_ONLY, []),
+    "search-e1": (WITH_OFSD, []),
+    "placebo": (WITH_OFSD, ["--ofsd.privileged", "placebo"]),
+    "rft": (WITH_OFSD, ["--ofsd.objective", "rft"]),
+    "dapo": (GRPO_ONLY, ["--grpo.clip_high", "0.28", "--grpo.dynamic_sampling", "true",
+                         "--grpo.dynamic_sampling_max_rollouts", "1", "--grpo.overlong_filter", "true"]),
+}
+"""Arm name -> (schedule: GRPO steps only, or GRPO steps + an OFSD round; extra ``search-e1 fit`` flags)."""
+DEFAULT_ARMS = tuple(ARMS)
+
+
+def arm_flags(arm: str, steps: int, k: int, batch: int, group: int) -> list[str]:
+    """The flags of ``arm`` at the equal budget (`ARMS`)."""
+    schedule, flags = ARMS[arm]
+    if schedule == GRPO_ONLY:
+        extra = ["--data.batch_size", str(batch // 2)] if arm == "dapo" else []
+        return ["--evolver.grpo_steps", str(steps + k), "--evolver.ofsd_steps", "0", *extra, *flags]
+    return ["--evolver.grpo_steps", str(steps), "--evolver.ofsd_steps", str(k), "--ofsd.num_questions", str(k * batch),
+            "--ofsd.group_size", str(group), "--ofsd.max_epochs", "1000", *flags]
+
+
+def sampled_trajectories(run_dir: Path, arm: str, rounds: int, steps: int, k: int, batch: int, group: int) -> int:
+    """Trajectories the run sampled: the schedule's, DAPO's counted from its logged refills."""
+    if arm != "dapo":
+        return rounds * (steps + k) * batch * group
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    refills = 0.0
+    for path in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "grpo/dynamic_rollouts" in acc.Tags()["scalars"]:
+            refills += sum(e.value for e in acc.Scalars("grpo/dynamic_rollouts"))
+    return int(round((rounds * (steps + k) + refills) * (batch // 2) * group))
+
+
+def curve(run_dir: Path, warm: Path, per_round: int) -> list[dict[str, Any]]:
+    """Val EM per world and searches per question after the warm-up and each round, against the
+    trajectories sampled so far (the rounds in between are evaluated on fewer questions)."""
+    points: dict[str, dict[str, Any]] = {}
+    for rows in (val_rows(warm), val_rows(run_dir)):
+        for r in rows:
+            n = 0 if r["round"] == "warmup" else int(r["round"]) * per_round
+            point = points.setdefault(r["round"], {"trajectories": n})
+            point[f"{r['world']}/em"] = float(r["em"])
+            point[f"{r['world']}/searches"] = float(r["searches"])
+    return sorted(points.values(), key=lambda p: p["trajectories"])
+
+
+def ofsd_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """Every OFSD round's ``summary.json`` (examples, sibling cases, KL before/after by token kind)."""
+    return [{"round": int(p.parent.name.removeprefix("round_")), **json.loads(p.read_text())}
+            for p in sorted((run_dir / "ofsd").glob("round_*/summary.json"))]
+
+
+def summarise_arms(runs: list[dict[str, Any]], worlds: list[str]) -> dict[str, Any]:
+    """Per arm: mean and 95% interval over seeds of every figure, the paired difference to ``grpo``
+    (same seed), and the OFSD rounds' means."""
+    by_seed = {(r["arm"], r["seed"]): r for r in runs}
+    out: dict[str, Any] = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        rs = [r for r in runs if r["arm"] == arm]
+        s: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_s": mean_ci([r["wall_s"] for r in rs]),
+                             "trajectories": mean_ci([r["trajectories"] for r in rs])}
+        for w in worlds:
+            keys = sorted({k for r in rs for k in r["result"][w] if k not in ("n", "gain_lo", "gain_hi")})
+            for key in keys:
+                s[f"{w}/{key}"] = mean_ci([r["result"][w][key] for r in rs if key in r["result"][w]])
+            paired = [r["result"][w]["em"] - by_seed[("grpo", r["seed"])]["result"][w]["em"] for r in rs
+                      if ("grpo", r["seed"]) in by_seed]
+            if arm != "grpo" and paired:
+                s[f"{w}/em_minus_grpo"] = mean_ci(paired)
+        rounds = [o for r in rs for o in r.get("ofsd", [])]
+        for key in ("examples", "cheaper", "wrong_row", "steps", "kl_before", "kl_after", "kl_before_queries",
+                    "kl_after_queries", "kl_before_rest", "kl_after_rest"):
+            values = [o[key] for o in rounds if key in o]
+            if values:
+                s[f"ofsd/{key}"] = mean_ci(values)
+        out[arm] = s
+    return out
+
+
+def arms_markdown(summary: dict[str, Any], worlds: list[str], budget: dict[str, Any]) -> str:
+    """The results as markdown tables (what docs/ and the README quote)."""
+    arms = list(summary)
+    lines = [f"Budget per arm: {budget['rounds']} rounds x {budget['steps_per_round']} optimiser steps, "
+             f"{budget['trajectories']} sampled trajectories (DAPO: counted). Mean [95% t-interval] over "
+             f"seeds {summary[arms[0]]['seeds']}; greedy EM on n = {budget['n']}.", ""]
+    header = "| figure | " + " | ".join(arms) + " |"
+    lines += [header, "|" + "---|" * (len(arms) + 1)]
+
+    def row(name: str, key: str, digits: int = 3) -> None:
+        cells = [fmt(summary[a][key], digits) if key in summary[a] else "-" for a in arms]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    for w in worlds:
+        row(f"{w}: EM", f"{w}/em")
+        row(f"{w}: EM - grpo (paired)", f"{w}/em_minus_grpo")
+        row(f"{w}: gain over warm-up", f"{w}/gain")
+        for hops in (1, 2):
+            row(f"{w}: EM {hops}-hop", f"{w}/em_{hops}hop")
+        row(f"{w}: searches per correct answer", f"{w}/searches_per_correct", 2)
+        row(f"{w}: tokens per answer", f"{w}/tokens_per_answer", 1)
+    row("trajectories sampled", "trajectories", 0)
+    row("wall time, s", "wall_s", 0)
+    ofsd_arms = [a for a in arms if "ofsd/examples" in summary[a]]
+    if ofsd_arms:
+        lines += ["", "OFSD rounds (mean [95% interval] over rounds x seeds):", "",
+                  "| figure | " + " | ".join(ofsd_arms) + " |", "|" + "---|" * (len(ofsd_arms) + 1)]
+        for name, key in (("examples trained", "examples"), ("rows with a cheaper correct sibling", "cheaper"),
+                          ("wrong rows with a correct sibling", "wrong_row"), ("optimiser steps", "steps"),
+                          ("teacher-student KL before", "kl_before"), ("KL after", "kl_after"),
+                          ("KL before, query tokens", "kl_before_queries"), ("KL before, other tokens", "kl_before_rest"),
+                          ("KL after, query tokens", "kl_after_queries"), ("KL after, other tokens", "kl_after_rest")):
+            cells = [fmt(summary[a][f"ofsd/{key}"], 2 if "kl" not in key else 3) if f"ofsd/{key}" in summary[a]
+                     else "-" for a in ofsd_arms]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], worlds: list[str], path: Path) -> bool:
+    """EM per world and searches per question against trajectories sampled: one line per arm (mean
+    over seeds), the seeds faint."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    panels = [(f"{w}/em", f"val EM, {w} world (greedy)") for w in worlds] + [(f"{worlds[0]}/searches",
+                                                                              "searches per question")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    colors = dict(zip(DEFAULT_ARMS, ("tab:blue", "tab:red", "tab:gray", "tab:green", "tab:orange"), strict=True))
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        rs = [r for r in runs if r["arm"] == arm]
+        for ax, (key, label) in zip(axes, panels, strict=True):
+            for r in rs:
+                ax.plot([p["trajectories"] for p in r["curve"]], [p.get(key) for p in r["curve"]], "-",
+                        color=colors.get(arm, "black"), alpha=0.15)
+            xs = [p["trajectories"] for p in rs[0]["curve"]]
+            mean = [statistics.fmean(r["curve"][i].get(key, float("nan")) for r in rs) for i in range(len(xs))]
+            ax.plot(xs, mean, "o-", color=colors.get(arm, "black"), label=arm)
+            ax.set_ylabel(label)
+    for ax in axes:
+        ax.set_xlabel("trajectories sampled after the warm-up")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main_arms(argv: list[str]) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description="Ablation arms at an equal budget (see the module docstring).")
+    ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated: {', '.join(ARMS)}")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ofsd-questions", type=int, default=0,
+                    help="questions per OFSD round (a multiple of data.batch_size); 0 = the config's ofsd.num_questions")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "learning"), help="run directories")
+    ap.add_argument("--report", default=str(ROOT / "docs" / "learning"), help="results.json, table.md, learning.png")
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints (about 1.6 GB each)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from search_e1.cli import fit_parser
+
+    cfg = fit_parser().parse_args(["--config", args.config])
+    batch, group, steps = cfg.data.batch_size, cfg.grpo.group_size, cfg.evolver.grpo_steps
+    ofsd_q = args.ofsd_questions or cfg.ofsd.num_questions
+    if ofsd_q % batch or batch % 2:
+        raise SystemExit(f"equal budgets need --ofsd-questions ({ofsd_q}) a multiple of data.batch_size ({batch}), "
+                         "and an even batch (DAPO rolls out half of it)")
+    k = ofsd_q // batch
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    out, report = Path(args.out), Path(args.report)
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    worlds: list[str] = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        warm = warmup_run(args.config, out, seed)
+        worlds = worlds_of(warm)
+        for arm in arms:
+            run_dir = out / f"{arm}_seed{seed}"
+            flags = [*from_warmup(warm, seed), "--evolver.rounds", str(args.rounds), *arm_flags(arm, steps, k, batch, group)]
+            wall = run_once(args.config, run_dir, flags, args.keep_checkpoints)
+            trajectories = sampled_trajectories(run_dir, arm, args.rounds, steps, k, batch, group)
+            runs.append({"arm": arm, "seed": seed, "wall_s": wall, "trajectories": trajectories,
+                         "result": last_evaluation(run_dir, warm), "ofsd": ofsd_rounds(run_dir),
+                         "curve": curve(run_dir, warm, trajectories // args.rounds)})
+    summary = summarise_arms(runs, worlds)
+    budget = {"rounds": args.rounds, "steps_per_round": steps + k, "grpo_steps": steps, "k": k, "batch": batch,
+              "group": group, "trajectories": args.rounds * (steps + k) * batch * group,
+              "n": {w: runs[0]["result"][w]["n"] for w in worlds}}
+    report.mkdir(parents=True, exist_ok=True)
+    command = "python bin/bench_learning.py " + " ".join(argv)
+    result = {"command": command.strip(), "config": args.config, "budget": budget, "arms": {a: ARMS[a][1] for a in arms},
+              "runs": runs, "summary": summary, "wall_s": time.perf_counter() - started}
+    (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = arms_markdown(summary, worlds, budget)
+    (report / "table.md").write_text(f"`{command.strip()}`\n\n{table}")
+    plot(runs, worlds, report / "learning.png")
+    print(table)  # noqa: T201 - the benchmark's table
+    return result
+
+
+# ---------------------------------------------------------------- the sweep
+SWEEP: dict[str, list[str]] = {
+    "quickstart": [],
+    "fresh-adam": ["--evolver.persist_optimizers", "false"],
+    "lr1e-5": ["--grpo.optim.lr", "1.0e-5"],
+    "warmup4": ["--grpo.optim.warmup_steps", "4"],
+    "batch8": ["--data.batch_size", "8"],
+    "batch8-lr1e-5": ["--data.batch_size", "8", "--grpo.optim.lr", "1.0e-5"],
+    "steps8": ["--evolver.grpo_steps", "8"],
+    "kl0.01": ["--grpo.kl_coef", "0.01"],
+}
+"""Setting name -> ``search-e1 fit`` flags on top of the config (``--set NAME=FLAGS`` adds one)."""
 
 
 def summarise_sweep(runs: list[dict[str, Any]], worlds: list[str]) -> dict[str, Any]:
-    """Per setting: mean and 95% t-interval over seeds of each world's last EM and gain, the worst
-    seed, the seeds that ended below their warm-up (collapsed), searches, wall time."""
-    from search_e1.stats import mean_interval
-
+    """Per setting: mean and 95% interval over seeds of each world's last EM and gain, the worst
+    seed, the seeds that ended below their warm-up, searches, wall time."""
     out: dict[str, Any] = {}
     for name in dict.fromkeys(r["setting"] for r in runs):
         rs = [r for r in runs if r["setting"] == name]
-        summary: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_s": statistics.fmean(r["wall_s"] for r in rs)}
-        for world in worlds:
+        s: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_s": statistics.fmean(r["wall_s"] for r in rs)}
+        for w in worlds:
             for key in ("em", "gain", "searches", "em_1hop", "em_2hop"):
-                mean, lo, hi = mean_interval([r["result"][world][key] for r in rs])
-                summary[f"{world}/{key}"] = {"mean": mean, "lo": lo, "hi": hi}
-            summary[f"{world}/worst_em"] = min(r["result"][world]["em"] for r in rs)
-            summary[f"{world}/collapsed"] = sum(r["result"][world]["gain"] < 0 for r in rs)
-        out[name] = summary
+                s[f"{w}/{key}"] = mean_ci([r["result"][w][key] for r in rs])
+            s[f"{w}/worst_em"] = min(r["result"][w]["em"] for r in rs)
+            s[f"{w}/collapsed"] = sum(r["result"][w]["gain"] < 0 for r in rs)
+        out[name] = s
     return out
 
 
-def sweep_table(summary: dict[str, Any], worlds: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="sweep: last round's greedy EM, mean [95% CI] over seeds (chosen on train only)")
-    for col in ("setting", "seeds", *[f"{w} {k}" for w in worlds for k in ("EM", "gain", "worst")], "searches",
-                "collapsed", "wall s"):
-        t.add_column(col, justify="left" if col == "setting" else "right")
-    fmt = lambda f: f"{f['mean']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]"  # noqa: E731
+def sweep_markdown(summary: dict[str, Any], worlds: list[str]) -> str:
+    cols = ["setting", "seeds", *[f"{w} {k}" for w in worlds for k in ("EM", "gain", "worst")], "searches",
+            "below warm-up"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, s in sorted(summary.items(), key=lambda item: -item[1][f"{worlds[0]}/em"]["mean"]):
         cells = [c for w in worlds for c in (fmt(s[f"{w}/em"]), fmt(s[f"{w}/gain"]), f"{s[f'{w}/worst_em']:.3f}")]
-        t.add_row(name, str(len(s["seeds"])), *cells, f"{s[f'{worlds[0]}/searches']['mean']:.2f}",
-                  str(s[f"{worlds[0]}/collapsed"]), f"{s['wall_s']:.0f}")
-    Console().print(t)
+        lines.append(f"| {name} | {len(s['seeds'])} | " + " | ".join(cells) +
+                     f" | {s[f'{worlds[0]}/searches']['mean']:.2f} | {s[f'{worlds[0]}/collapsed']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main_sweep(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description="Sweep the quickstart recipe's update-size knobs over seeds.")
     ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="10,11,12")
     ap.add_argument("--settings", default=",".join(SWEEP), help=f"comma-separated names: {', '.join(SWEEP)}")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=FLAGS",
                     help="an extra setting: NAME=\"--grpo.optim.lr 1e-5 --data.batch_size 8\"")
     ap.add_argument("--out", default=str(ROOT / "bench" / "sweep"))
+    ap.add_argument("--report", default=str(ROOT / "docs" / "sweep"), help="results.json and table.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    settings = {name: SWEEP[name] for name in args.settings.split(",") if name}
-    unknown = [n for n in settings if n not in SWEEP]
+    settings = {name: SWEEP[name] for name in args.settings.split(",") if name in SWEEP}
+    unknown = [n for n in args.settings.split(",") if n and n not in SWEEP]
     if unknown:
         raise SystemExit(f"unknown setting(s) {unknown}; choose from {', '.join(SWEEP)} or add one with --set")
     for item in args.set:
         name, _, flags = item.partition("=")
         settings[name] = flags.split()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, report = Path(args.out), Path(args.report)
     seeds = [int(x) for x in args.seeds.split(",")]
     runs: list[dict[str, Any]] = []
     worlds: list[str] = []
     for seed in seeds:
         warm = warmup_run(args.config, out, seed)
-        worlds = list(dict.fromkeys(r["world"] for r in csv.DictReader((warm / "val_table.csv").open())))
+        worlds = worlds_of(warm)
         for name, flags in settings.items():
             run_dir = out / f"{name}_seed{seed}"
-            if not finished(run_dir):
-                wall = fit(args.config, run_dir, [
-                    "--policy.path", str(warm / "checkpoints" / "warmup"), "--warmup.demonstrations", "null",
-                    "--evolver.seed", str(seed), "--evolver.eval_initial", "false", *flags])
-                (run_dir / "wall_s.txt").write_text(f"{wall:.1f}")
-            runs.append({"setting": name, "flags": flags, "seed": seed, "wall_s": float((run_dir / "wall_s.txt").read_text()),
-                         "result": sweep_run(warm, run_dir, worlds)})
+            wall = run_once(args.config, run_dir, [*from_warmup(warm, seed), *flags], keep_checkpoints=False)
+            runs.append({"setting": name, "flags": flags, "seed": seed, "wall_s": wall,
+                         "result": last_evaluation(run_dir, warm)})
     summary = summarise_sweep(runs, worlds)
-    result = {"config": args.config, "settings": settings, "seeds": seeds, "runs": runs, "summary": summary}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    sweep_table(summary, worlds)
-    return result
+    command = ("python bin/bench_learning.py sweep " + " ".join(argv)).strip()
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "results.json").write_text(json.dumps({"command": command, "config": args.config, "settings": settings,
+                                                     "seeds": seeds, "runs": runs, "summary": summary}, indent=2) + "\n")
+    table = sweep_markdown(summary, worlds)
+    (report / "table.md").write_text(f"`{command}`\n\nLast round's greedy EM, mean [95% t-interval] over seeds "
+                                     f"{seeds}; chosen on the {worlds[0]} world only.\n\n{table}")
+    print(table)  # noqa: T201 - the benchmark's table
+    return {"settings": settings, "runs": runs, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["sweep"]:
-        return main_sweep(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "conf" / "quickstart.yaml"))
-    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated arm names: {', '.join(ARMS)}")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--grpo-steps", type=int, default=4, help="GRPO steps per round of the search-e1 arm")
-    ap.add_argument("--ofsd-questions", type=int, default=16,
-                    help="questions per OFSD round, sampled with the GRPO group size (equal budgets)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "learning"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from search_e1.cli import fit_parser
-
-    parser = fit_parser()
-    cfg = parser.parse_args(["--config", args.config])
-    batch, group, ofsd_q = cfg.data.batch_size, cfg.grpo.group_size, args.ofsd_questions
-    if ofsd_q % batch:
-        raise SystemExit("equal budgets need --ofsd-questions a multiple of data.batch_size")
-    k = ofsd_q // batch
-    unknown = [a for a in args.arms.split(",") if a not in ARMS]
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    warm_dir = out / "warmup"
-    if not (warm_dir / "checkpoints" / "warmup" / "config.json").is_file():
-        fit(args.config, warm_dir, ["--evolver.rounds", "1", "--evolver.grpo_steps", "0", "--evolver.ofsd_steps", "0",
-                                    "--evolver.eval_initial", "false"])
-    warm_ckpt = warm_dir / "checkpoints" / "warmup"
-    runs: list[dict[str, Any]] = [{"arm": "warm-up", "seed": 0, "ckpt": str(warm_ckpt)}]
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for arm in args.arms.split(","):
-            run_dir = out / f"{arm}_seed{seed}"
-            common = ["--policy.path", str(warm_ckpt), "--warmup.demonstrations", "null", "--evolver.seed", str(seed),
-                      "--data.seed", str(seed), "--evolver.rounds", str(args.rounds), "--evolver.eval_initial", "true",
-                      "--ofsd.group_size", str(group), "--ofsd.num_questions", str(ofsd_q)]
-            wall = None
-            if not (run_dir / "evolver_state.json").is_file() or \
-                    json.loads((run_dir / "evolver_state.json").read_text()).get("round", 0) <= args.rounds:
-                wall = fit(args.config, run_dir, common + arm_overrides(arm, args, k))
-                (run_dir / "wall_s.txt").write_text(f"{wall:.1f}")
-            wall = float((run_dir / "wall_s.txt").read_text())
-            state = json.loads((run_dir / "evolver_state.json").read_text())
-            runs.append({"arm": arm, "seed": seed, "wall_s": wall, "ckpt": str(run_dir / "checkpoints" / state["checkpoint"]),
-                         "curve": val_curve(run_dir, arm, args, k, batch, group, ofsd_q)})
-    evaluate_runs(args.config, runs)
-    summary = summarise(runs)
-    result = {"budget": {"rounds": args.rounds, "grpo_steps": args.grpo_steps, "k": k, "batch": batch, "group": group,
-                         "trajectories_per_arm": args.rounds * (args.grpo_steps + k) * batch * group,
-                         "optimizer_steps_per_arm": args.rounds * (args.grpo_steps + k)},
-              "runs": runs, "summary": summary}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    table(summary)
-    plot(runs, out / "learning.png")
-    return result
+    return main_sweep(argv[1:]) if argv[:1] == ["sweep"] else main_arms(argv)
 
 
 if __name__ == "__main__":

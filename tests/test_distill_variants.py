@@ -114,8 +114,8 @@ def test_query_token_mask_covers_exactly_the_query(smol_tokenizer):
 def test_distilling_only_query_tokens(sibling_traj, smol_tokenizer):
     _, traj = sibling_traj
     siblings = torch.tensor([1, 0])  # each row learns from the other (the test picks them)
-    every = build_examples(traj, siblings, smol_tokenizer, SearchEnv().prompt, OFSDConfig())
-    queries = build_examples(traj, siblings, smol_tokenizer, SearchEnv().prompt, OFSDConfig(tokens="queries"))
+    every = build_examples(traj, siblings, smol_tokenizer, SearchEnv().prompt)
+    queries = build_examples(traj, siblings, smol_tokenizer, SearchEnv().prompt, tokens="queries")
     assert len(every) == 2 and len(queries) == 1  # row 1 searched nothing: dropped
     q = queries[0]
     response = q.student_ids[-len(q.response_mask):]

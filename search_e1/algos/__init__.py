@@ -70,6 +70,7 @@ from search_e1.algos.policy_loss import (
 from search_e1.algos.siblings import (
     SIBLING_SELECTORS,
     get_sibling_selector,
+    placebo_siblings,
     register_sibling_selector,
     select_siblings,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "register_policy_loss",
     "register_sibling_selector",
     "reverse_kl",
+    "placebo_siblings",
     "select_siblings",
     "teacher_topk",
 ]

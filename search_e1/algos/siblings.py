@@ -40,6 +40,7 @@ __all__ = [
     "SiblingFn",
     "get_sibling_selector",
     "lexicographic_rank",
+    "placebo_siblings",
     "register_sibling_selector",
     "select_siblings",
 ]
@@ -127,3 +128,36 @@ def select_siblings_correct_first(
     strict = select_siblings(group_ids, correct, num_searches, num_tokens)  # [N]
     best = cheapest_correct(group_ids, correct, num_searches, num_tokens)  # [N]
     return torch.where(~correct.bool() & (best >= 0), best, strict)  # [N]
+
+
+def placebo_siblings(group_ids: Tensor, siblings: Tensor, correct: Tensor,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """The placebo control of a sibling selection: every row that has a sibling (``siblings[i] >= 0``)
+    gets instead a correct trajectory of ANOTHER question, drawn uniformly from the siblings chosen
+    for the other questions' rows (so what the teacher is shown keeps the real siblings' format and
+    length distribution), else from any correct trajectory of another question; -1 where there is
+    none (every correct trajectory belongs to the row's own question) and where there was no sibling.
+
+    Args:
+        group_ids: ``[N]`` long, the question of each row.
+        siblings: ``[N]`` long, the real selection (a `SIBLING_SELECTORS` output).
+        correct: ``[N]`` bool (or 0/1).
+        generator: the draws' random generator.
+
+    Returns:
+        ``[N]`` long: for each row, a correct row of another group, or -1.
+
+    >>> placebo_siblings(torch.tensor([0, 0, 1, 1]), torch.tensor([-1, 0, -1, 2]), torch.tensor([1, 0, 1, 0]))
+    tensor([-1,  2, -1,  0])
+    """
+    chosen = [int(j) for j in siblings.tolist() if j >= 0]
+    correct_rows = [int(j) for j in torch.nonzero(correct.bool()).flatten().tolist()]
+    groups = group_ids.tolist()
+    out = torch.full_like(siblings, -1)  # [N]
+    for i, j in enumerate(siblings.tolist()):
+        if j < 0:
+            continue
+        pool = [k for k in chosen if groups[k] != groups[i]] or [k for k in correct_rows if groups[k] != groups[i]]
+        if pool:
+            out[i] = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+    return out

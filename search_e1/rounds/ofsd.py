@@ -18,6 +18,20 @@ teacher being the same weights under ``no_grad``. Questions with no correct traj
 nothing. With ``refresh_every: N`` the data set is rebuilt from the current policy every ``N``
 optimiser steps (on-policy self-distillation, the paper's second version) instead of once.
 
+Two controls, each one config line, change one thing and keep the rest (rows distilled, steps,
+optimiser) equal:
+
+* ``privileged: placebo``: the teacher is shown a correct trajectory of a DIFFERENT question (one of
+  the siblings chosen for the other questions, `search_e1.algos.placebo_siblings`), so a gain that
+  survives it comes from changing the context, not from what the sibling shows;
+* ``objective: rft``: rejection-sampling fine-tuning: supervised NLL on each chosen sibling's own
+  trajectory (ordinary prompt) instead of the KL to the privileged teacher.
+
+Each round writes ``summary.json`` beside its data set: examples, how the rows got their sibling
+(``cheaper``: a correct row with a cheaper correct sibling; ``wrong_row``: a wrong row with a correct
+one), and the teacher-student KL before and after the round over all distilled tokens, over the
+tokens of search queries and over the rest (where the privileged context moves the teacher most).
+
 Departures from the paper's description: none intended; the wording of the privileged block is
 ours (``OFSDConfig.privileged_template``), and the round's data set is sampled afresh each round
 from ``num_questions`` training questions.
@@ -25,6 +39,7 @@ from ``num_questions`` training questions.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -43,16 +58,17 @@ from search_e1.algos import (
     get_distill_loss,
     get_sibling_selector,
     make_teacher_targets,
+    placebo_siblings,
 )
 from search_e1.config import plain
 from search_e1.distributed import rank_world
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
-from search_e1.rounds.base import OptimConfig, RoundModule
-from search_e1.rounds.grpo import QuestionSource
+from search_e1.rounds.base import OptimConfig, QuestionSource, RoundModule
 from search_e1.rounds.ofsd_data import (
     DISTILL_TOKENS,
     ELIDED,
+    PRIVILEGED_TEMPLATE,
     TEACHER_VIEWS,
     DistillExample,
     build_examples,
@@ -60,6 +76,8 @@ from search_e1.rounds.ofsd_data import (
     empty_reason,
     query_token_mask,
     render_sibling,
+    rft_examples,
+    sibling_cases,
 )
 
 __all__ = [
@@ -69,10 +87,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRIVILEGED_TEMPLATE = (
-    "For reference, here is a correct and efficient solution to this question found earlier:\n"
-    "{sibling}\nNow solve the question yourself."
-)
+PRIVILEGED = ("sibling", "placebo")
+"""What the privileged block shows (`OFSDConfig.privileged`)."""
+OBJECTIVES = ("distill", "rft")
+"""What the round trains (`OFSDConfig.objective`)."""
+
 @dataclass
 class OFSDConfig:
     """Hyperparameters of an OFSD round."""
@@ -101,6 +120,10 @@ class OFSDConfig:
     """Sibling shown to the teacher: most_efficient (correct, strictly cheaper) or correct_then_cheaper (wrong rows: any correct)."""
     teacher_view: str = "elided"
     """What the teacher sees of the sibling: elided (its turns, documents elided), documents (with them), queries (its searches only), answer (its answer only)."""
+    privileged: str = "sibling"
+    """The privileged block shows: sibling (the chosen sibling, the method) or placebo (a correct trajectory of another question: a control)."""
+    objective: str = "distill"
+    """What is trained: distill (the divergence to the privileged teacher, the method) or rft (NLL on each chosen sibling's trajectory: a control)."""
     refresh_every: int = 0
     """Data schedule: 0 = offline, one data set per round; N = on-policy, a fresh data set from the current policy every N optimiser steps."""
     privileged_template: str = PRIVILEGED_TEMPLATE
@@ -133,6 +156,10 @@ class OFSDConfig:
             raise ValueError(f"OFSDConfig.teacher_view: expected one of {TEACHER_VIEWS}, got {self.teacher_view!r}")
         if self.refresh_every < 0:
             raise ValueError(f"OFSDConfig.refresh_every must be >= 0, got {self.refresh_every}")
+        if self.privileged not in PRIVILEGED:
+            raise ValueError(f"OFSDConfig.privileged: expected one of {PRIVILEGED}, got {self.privileged!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"OFSDConfig.objective: expected one of {OBJECTIVES}, got {self.objective!r}")
         for name, getter in (("loss", get_distill_loss), ("sibling_selector", get_sibling_selector)):
             try:
                 getter(getattr(self, name))
@@ -212,7 +239,11 @@ class OFSDModule(RoundModule):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.question_source = question_source
         self.examples: list[DistillExample] = []
+        """The current data set's training examples (distillation pairs, or RFT's sibling trajectories)."""
+        self.pairs: list[DistillExample] = []
+        """The current data set's student/teacher pairs (the teacher-student KL is measured on them)."""
         self._data_start = 0  # the step at which the current data set was built
+        self.summary: dict[str, Any] = {}
         self.empty_steps = 0
         self.save_hyperparameters({"ofsd": plain(self.config), "steps": steps})
 
@@ -223,13 +254,22 @@ class OFSDModule(RoundModule):
 
     def _build_data(self, questions: list[tuple[str, list[str]]], step: int) -> None:
         """Roll out ``questions`` with the current policy and make the distillation examples."""
+        c = self.config
         traj = self._rollout_round(questions)
         correct = traj.rewards >= 1.0  # [N]
-        siblings = get_sibling_selector(self.config.sibling_selector)(
+        siblings = get_sibling_selector(c.sibling_selector)(
             traj.group_ids, correct, traj.num_searches, traj.response_lengths)  # [N]
-        self.examples = build_examples(traj, siblings, self.policy.tokenizer, self.env.prompt, self.config)
+        self.summary = {"trajectories": len(traj), **sibling_cases(traj, siblings)}
+        shown = siblings
+        if c.privileged == "placebo":
+            gen = torch.Generator().manual_seed(int(self.log_step) + step)
+            shown = placebo_siblings(traj.group_ids, siblings, correct, generator=gen)  # [N]
+            self.summary["placebo_missing"] = int(((siblings >= 0) & (shown < 0)).sum())
+        self.pairs = build_examples(traj, shown, self.policy.tokenizer, self.env.prompt, c.teacher_view,
+                                    c.privileged_template, c.tokens)
+        self.examples = rft_examples(traj, siblings) if c.objective == "rft" else self.pairs
         self._data_start = step
-        self._save_dataset(traj, siblings, step)
+        self._save_dataset(traj, siblings, shown, step)
         self._log_data(traj, siblings, step)
 
     def _rollout_round(self, questions: list[tuple[str, list[str]]]) -> Trajectory:
@@ -243,24 +283,31 @@ class OFSDModule(RoundModule):
         dist.all_gather_object(parts, (traj.to("cpu"), rank))
         return Trajectory.concat([t for t, _ in sorted(parts, key=lambda p: p[1])], self.policy.tokenizer.pad_token_id)
 
-    def _save_dataset(self, traj: Trajectory, siblings: torch.Tensor, step: int) -> None:
+    def _save_dataset(self, traj: Trajectory, siblings: torch.Tensor, shown: torch.Tensor, step: int) -> None:
+        """The data set as JSON lines: every trajectory with its chosen sibling (and, under the
+        placebo, the other question's trajectory the teacher was shown instead)."""
         if self.out_dir is None or self.global_rank != 0:
             return
         name = "trajectories.jsonl" if step == 0 else f"trajectories_step{step}.jsonl"
-        traj.save_jsonl(self.out_dir / name, self.policy.tokenizer, sibling=siblings.tolist())
+        extra = {"shown": shown.tolist()} if shown is not siblings else {}
+        traj.save_jsonl(self.out_dir / name, self.policy.tokenizer, sibling=siblings.tolist(), **extra)
 
     def _log_data(self, traj: Trajectory, siblings: torch.Tensor, step: int) -> None:
         stats = {f"ofsd/rollout_{k}": v for k, v in rollout_stats(traj).items()}
         stats["ofsd/sibling_frac"] = float((siblings >= 0).float().mean()) if len(siblings) else 0.0
         stats["ofsd/examples"] = float(len(self.examples))
-        if self.examples:
-            stats["ofsd/kl_before"] = self.mean_kl()
+        stats.update({f"ofsd/cases_{k}": float(self.summary[k]) for k in ("cheaper", "wrong_row")})
+        if self.pairs:
+            stats.update({f"ofsd/kl_before{part}": v for part, v in self.kl_parts().items()})
+        self.summary.update(examples=len(self.examples),
+                            **{k.removeprefix("ofsd/"): v for k, v in stats.items() if "kl_" in k})
         self.record_step({k.removeprefix("ofsd/"): v for k, v in stats.items()})
         if self.logger is not None:
             self.logger.log_metrics(stats, step=step)
         what = "OFSD round" if step == 0 else f"OFSD data refreshed at step {step}"
-        log.info("%s: %d trajectories, %d with a more efficient correct sibling%s", what, len(traj),
-                 len(self.examples), f", teacher-student KL {stats['ofsd/kl_before']:.4f}" if self.examples
+        log.info("%s: %d trajectories, %d with a more efficient correct sibling (%d cheaper, %d of a wrong "
+                 "row)%s", what, len(traj), len(self.examples), self.summary["cheaper"], self.summary["wrong_row"],
+                 f", teacher-student KL {stats['ofsd/kl_before']:.4f}" if self.pairs
                  else f": nothing to distil {'this round' if step == 0 else 'until the next refresh'} "
                       f"({empty_reason(traj)})")
         rows = [i for i, j in enumerate(siblings.tolist()) if j >= 0][: self.config.log_text_samples]
@@ -268,23 +315,33 @@ class OFSDModule(RoundModule):
             self.log_trajectories("ofsd/distilled_trajectories", traj, rows)
 
     def on_fit_end(self) -> None:
-        if self.examples:
-            kl_after = self.mean_kl()
-            self.record_step({"kl_after": kl_after})
+        if self.pairs:
+            after = {f"kl_after{part}": v for part, v in self.kl_parts().items()}
+            self.record_step({"kl_after": after["kl_after"]})
+            self.summary.update(after, steps=len(self.step_stats.get("grad_norm", ())))
             if self.logger is not None:
-                self.logger.log_metrics({"ofsd/kl_after": kl_after}, step=self.steps)
+                self.logger.log_metrics({f"ofsd/{k}": v for k, v in after.items()}, step=self.steps)
+        if self.out_dir is not None and self.global_rank == 0 and self.summary:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
 
     @torch.no_grad()
-    def mean_kl(self) -> float:
-        """Mean per-token teacher-student KL over the first ``kl_eval_examples`` examples."""
-        subset = self.examples[: self.config.kl_eval_examples]
-        total, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    def kl_parts(self) -> dict[str, float]:
+        """Mean per-token teacher-student KL over the first ``kl_eval_examples`` pairs: over every
+        distilled token (key ``""``), over the tokens of search queries (``_queries``) and over the
+        rest (``_rest``); 0 where a part has no token."""
+        subset = self.pairs[: self.config.kl_eval_examples]
+        sums = dict.fromkeys(("", "_queries", "_rest"), 0.0)
+        counts = dict.fromkeys(sums, 0.0)
         for start in range(0, len(subset), self.config.micro_batch_size):
             batch = collate_examples(subset[start : start + self.config.micro_batch_size], self.policy.tokenizer.pad_token_id)
-            per_token, mask = self._per_token_kl({k: v.to(self.device) for k, v in batch.items()})
-            total += float((per_token * mask).sum())
-            tokens += float(mask.sum())
-        return float(total / tokens.clamp(min=1.0))
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            per_token, mask = self._per_token_kl(batch)  # [b, R], [b, R]
+            q = batch["query_mask"] * mask  # [b, R]
+            for part, m in (("", mask), ("_queries", q), ("_rest", mask - q)):
+                sums[part] += float((per_token * m).sum())
+                counts[part] += float(m.sum())
+        return {part: sums[part] / counts[part] if counts[part] else 0.0 for part in sums}
 
     def _data_items(self) -> int:
         """Examples the current data set serves on each rank: ``batch_size`` per step until the next
@@ -332,6 +389,16 @@ class OFSDModule(RoundModule):
             return distill_loss_fn(c)(student, targets, mask), mask
         return chunked_distill(self.policy, batch, distill_loss_fn(c), c.teacher_topk, c.temperature), mask
 
+    def _per_token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RFT: the student's NLL of each response token ``[B, R]`` (0 under mask 0), and the mask."""
+        mask = batch["response_mask"]  # [B, R]
+        ids, attention = batch["student_ids"], batch["student_mask"]  # [B, L]
+        r, width = mask.shape[1], ids.shape[1]
+        full = torch.cat([mask.new_zeros(mask.shape[0], width - r), mask], dim=1)  # [B, L]
+        lp, _ = self.policy.token_logprobs(ids, attention, full, temperature=self.config.temperature,
+                                           start=width - r)  # [B, L]
+        return -lp[:, width - r :], mask
+
     def training_step(self, step: Any, batch_idx: int) -> None:
         c = self.config
         step = int(step)
@@ -345,9 +412,10 @@ class OFSDModule(RoundModule):
             return
         n_tokens = float(batch["response_mask"].sum().clamp(min=1.0))
         total = 0.0
+        per_token_loss = self._per_token_nll if c.objective == "rft" else self._per_token_kl
         for idx in torch.arange(batch["response_mask"].shape[0]).split(c.micro_batch_size):
             micro = {k: v[idx] for k, v in batch.items()}
-            per_token, mask = self._per_token_kl(micro)  # [b, R]
+            per_token, mask = per_token_loss(micro)  # [b, R]
             loss = agg_loss(per_token, mask, "token-mean", num_tokens=n_tokens)
             self.manual_backward(loss)
             total += float(loss.detach())

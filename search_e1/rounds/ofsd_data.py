@@ -1,22 +1,20 @@
 """The OFSD data set, as pure functions: what the teacher sees of a sibling (`render_sibling`),
 which tokens are distilled (`query_token_mask`), the student/teacher example pairs
-(`build_examples`) and their batches (`collate_examples`)."""
+(`build_examples`), the RFT control's examples of the same selection (`rft_examples`), how the rows
+got their sibling (`sibling_cases`) and the batches (`collate_examples`)."""
 
 from __future__ import annotations
 
 import itertools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from search_e1.protocol import PromptConfig, build_messages, parse_action
 from search_e1.rollout import Trajectory
-from search_e1.rollout.generation import left_pad
-
-if TYPE_CHECKING:
-    from search_e1.rounds.ofsd import OFSDConfig
+from search_e1.rollout.turn import left_pad
 
 _INFO_RE = re.compile(r"<information>.*?</information>", re.DOTALL)
 _QUERY_RE = re.compile(r"<search>(.*?)</search>", re.DOTALL)
@@ -34,6 +32,7 @@ class DistillExample:
     student_ids: list[int]
     teacher_ids: list[int]
     response_mask: list[float]  # 1 = sampled by the policy, over the response tokens only
+    query_mask: list[float] | None = None  # 1 on the tokens of search queries, over the response tokens
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -94,28 +93,63 @@ def privileged_messages(question: str, sibling_text: str, prompt: PromptConfig, 
     return messages[:-1] + [last]
 
 
+PRIVILEGED_TEMPLATE = (
+    "For reference, here is a correct and efficient solution to this question found earlier:\n"
+    "{sibling}\nNow solve the question yourself."
+)
+"""The privileged block appended to the teacher's last user message; ``{sibling}`` is the sibling."""
+
+
 def build_examples(traj: Trajectory, siblings: torch.Tensor, tokenizer: Any, prompt: PromptConfig,
-                   cfg: OFSDConfig) -> list[DistillExample]:
-    """Distillation examples for every row with a sibling (``siblings[i] >= 0``)."""
+                   view: str = "elided", template: str = PRIVILEGED_TEMPLATE,
+                   tokens: str = "all") -> list[DistillExample]:
+    """Distillation examples for every row with a sibling (``siblings[i] >= 0``): the student sees the
+    ordinary prompt, the teacher the prompt with ``template`` showing the sibling as ``view`` renders
+    it (`TEACHER_VIEWS`); ``tokens`` (`DISTILL_TOKENS`) says which sampled tokens are distilled."""
     examples = []
     for i, j in enumerate(siblings.tolist()):
         if j < 0:
             continue
         start, end = int(traj.prompt_lengths[i]), int(traj.attention_mask[i].sum())
         response = traj.input_ids[i, start:end].tolist()
-        sibling = render_sibling(traj, j, tokenizer, cfg.teacher_view)
-        messages = privileged_messages(traj.questions[i], sibling, prompt, cfg.privileged_template)
+        sibling = render_sibling(traj, j, tokenizer, view)
+        messages = privileged_messages(traj.questions[i], sibling, prompt, template)
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         teacher_prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         mask = traj.loss_mask[i, start:end].tolist()
-        if cfg.tokens == "queries":
-            mask = [m * q for m, q in zip(mask, _query_mask(traj, i, tokenizer), strict=True)]
+        queries = _query_mask(traj, i, tokenizer)
+        if tokens == "queries":
+            mask = [m * q for m, q in zip(mask, queries, strict=True)]
             if not any(mask):  # the trajectory searched nothing: nothing of it is distilled
                 continue
         examples.append(DistillExample(
             student_ids=traj.input_ids[i, :end].tolist(), teacher_ids=teacher_prompt + response, response_mask=mask,
+            query_mask=queries,
         ))
     return examples
+
+
+def rft_examples(traj: Trajectory, siblings: torch.Tensor) -> list[DistillExample]:
+    """Rejection-sampling fine-tuning data of the same selection: for every row with a sibling
+    (``siblings[i] >= 0``) one example of the SIBLING's own trajectory (its ordinary prompt and
+    response, loss on its sampled tokens), to be trained with supervised NLL; no teacher context."""
+    examples = []
+    for j in siblings.tolist():
+        if j < 0:
+            continue
+        start, end = int(traj.prompt_lengths[j]), int(traj.attention_mask[j].sum())
+        examples.append(DistillExample(student_ids=traj.input_ids[j, :end].tolist(), teacher_ids=[],
+                                       response_mask=traj.loss_mask[j, start:end].tolist()))
+    return examples
+
+
+def sibling_cases(traj: Trajectory, siblings: torch.Tensor) -> dict[str, int]:
+    """How the rows with a sibling got it: ``cheaper`` (the row is correct and the sibling cheaper)
+    or ``wrong_row`` (the row is wrong and the sibling correct)."""
+    correct = (traj.rewards >= 1.0).tolist()  # [N]
+    rows = [i for i, j in enumerate(siblings.tolist()) if j >= 0]
+    cheaper = sum(bool(correct[i]) for i in rows)
+    return {"cheaper": cheaper, "wrong_row": len(rows) - cheaper}
 
 
 def _query_mask(traj: Trajectory, i: int, tokenizer: Any) -> list[float]:
@@ -127,16 +161,20 @@ def _query_mask(traj: Trajectory, i: int, tokenizer: Any) -> list[float]:
 
 
 def collate_examples(examples: list[DistillExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad both contexts so every response ends at the last column; the mask is aligned with
-    the last ``R`` columns of both.  student/teacher ids [B, Ls]/[B, Lt], mask [B, R]."""
+    """Left-pad both contexts so every response ends at the last column; the masks are aligned with
+    the last ``R`` columns of both.  student/teacher ids [B, Ls]/[B, Lt], masks [B, R] (``query_mask``
+    0 where an example has none; an example without a teacher context gets a one-pad teacher row)."""
     s_ids, s_mask = left_pad([e.student_ids for e in examples], pad_id)
-    t_ids, t_mask = left_pad([e.teacher_ids for e in examples], pad_id)
+    t_ids, t_mask = left_pad([e.teacher_ids or [pad_id] for e in examples], pad_id)
     r = max(len(e.response_mask) for e in examples)
     mask = torch.zeros(len(examples), r)  # [B, R]
+    queries = torch.zeros(len(examples), r)  # [B, R]
     for b, e in enumerate(examples):
         mask[b, r - len(e.response_mask) :] = torch.tensor(e.response_mask)
+        if e.query_mask is not None:
+            queries[b, r - len(e.query_mask) :] = torch.tensor(e.query_mask)
     return {"student_ids": s_ids, "student_mask": s_mask, "teacher_ids": t_ids, "teacher_mask": t_mask,
-            "response_mask": mask}
+            "response_mask": mask, "query_mask": queries}
 
 
 def empty_reason(traj: Trajectory) -> str:
