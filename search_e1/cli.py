@@ -19,6 +19,7 @@ fsdp`` means FSDP2 through Lightning's ``ModelParallelStrategy`` (`STRATEGY_HELP
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -73,6 +74,17 @@ class DemoWorldConfig:
     heldout_size: int = 150
     """Number of people in the held-out world (2 x heldout_size questions, all in eval.jsonl)."""
 
+    def __post_init__(self) -> None:
+        from search_e1.demo_world import MIN_SIZE
+
+        for name in ("size", "heldout_size"):
+            if getattr(self, name) < MIN_SIZE:
+                raise ValueError(f"DemoWorldConfig.{name} must be >= {MIN_SIZE}, got {getattr(self, name)}")
+        for name in ("out", "heldout_out"):
+            path = getattr(self, name)
+            if path is not None and Path(path).exists() and not Path(path).is_dir():
+                raise ValueError(f"DemoWorldConfig.{name}: {path} is an existing file; expected a directory")
+
     def ensure(self) -> None:
         """Write the world and the held-out world where their corpus files are missing."""
         from search_e1.demo_world import write_heldout_world, write_world
@@ -99,8 +111,11 @@ def demo_data(out: Path, seed: int = 0, size: int = 200, heldout_of: Path | None
         heldout_of: A training world's corpus.jsonl: write instead an evaluation-only world (corpus.jsonl,
             eval.jsonl) whose names share no word with that corpus's titles; use another seed than its own.
     """
-    from search_e1.demo_world import write_heldout_world, write_world
+    from search_e1.demo_world import MIN_SIZE, write_heldout_world, write_world
 
+    if size < MIN_SIZE:
+        raise UserInputError(f"--size must be >= {MIN_SIZE} (people in the world), got {size}")
+    _directory_arg("--out", out)
     if heldout_of is None:
         paths = write_world(out, seed=seed, size=size)
     else:
@@ -124,7 +139,17 @@ def index_corpus(corpus: Path, out: Path | None = None, embedder: EmbedderConfig
     """
     from search_e1.retrieval import build_index
 
-    build_index(corpus, out or Path(corpus).parent / "index", embedder, progress=progress, index=index)
+    if not Path(corpus).is_file():
+        raise UserInputError(f"--corpus {corpus}: no such file (a corpus jsonl)")
+    out = out or Path(corpus).parent / "index"
+    _directory_arg("--out", out)
+    build_index(corpus, out, embedder, progress=progress, index=index)
+
+
+def _directory_arg(flag: str, path: Path) -> None:
+    """A path argument that names a directory to write into: refused when it is an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserInputError(f"{flag} {path} is an existing file; expected a directory (created when missing)")
 
 
 def convert(gguf: Path | None = None, out: Path | None = None) -> None:
@@ -237,11 +262,53 @@ def _trainer_kwargs(ns: Any) -> dict[str, Any]:
 
 
 def _instantiate(parser: Any, cfg: Any) -> Any:
-    """The config groups as objects; a value refused by a config class exits 2 with its message."""
+    """The config groups as objects; a value refused by a config class exits 2 with its message,
+    prefixed by the dotted key it came from (`refused_key`)."""
     try:
         return parser.instantiate(cfg)
     except (ValueError, TypeError) as err:  # the config classes name the field they refuse
-        raise UserInputError(f"invalid configuration: {err}") from err
+        key = refused_key(cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg), str(err))
+        raise UserInputError(f"invalid configuration: {with_key(str(err), key)}") from None
+
+
+def with_key(message: str, key: str | None) -> str:
+    """A config class's message with its ``Class.field`` replaced by the dotted key the user set.
+
+    >>> with_key("OptimConfig.lr must be > 0, got -1e-05", "grpo.optim.lr")
+    'grpo.optim.lr must be > 0, got -1e-05'
+    >>> with_key("PolicyConfig.dtype: expected one of ['float32'], got 'x'", "policy.dtype")
+    "policy.dtype: expected one of ['float32'], got 'x'"
+    """
+    if not key:
+        return message
+    match = re.match(r"^[A-Z]\w*Config\.\w+(:?)\s*", message)
+    if match is None or "," in key:
+        return f"{key}: {message}"
+    return f"{key}{match.group(1)} {message[match.end():]}"
+
+
+def refused_key(config: dict[str, Any], message: str) -> str | None:
+    """The dotted key of ``config`` a config class's message ("OptimConfig.lr must be > 0, got -1e-05")
+    refers to: the keys ending with that field whose value is the one it got (several: all of them).
+
+    >>> refused_key({"grpo": {"optim": {"lr": -1e-05}}, "ofsd": {"optim": {"lr": 1e-06}}},
+    ...             "OptimConfig.lr must be > 0, got -1e-05")
+    'grpo.optim.lr'
+    """
+    field = re.search(r"\b[A-Z]\w*Config\.(\w+)", message)
+    got = re.search(r"got (.+?)\s*$", message)
+    if field is None:
+        return None
+    flat: dict[str, Any] = {}
+    pending = [("", config)]
+    while pending:
+        prefix, node = pending.pop()
+        for k, v in node.items():
+            (pending.append((f"{prefix}{k}.", v)) if isinstance(v, dict) else flat.__setitem__(f"{prefix}{k}", v))
+    keys = [k for k in flat if k.split(".")[-1] == field.group(1)]
+    if got is not None and len(keys) > 1:
+        keys = [k for k in keys if got.group(1).strip("'\"") in (str(flat[k]), repr(flat[k]))] or keys
+    return ", ".join(sorted(keys)) or None
 
 
 def _build(parser: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
@@ -287,6 +354,9 @@ def run_fit(parser: Any, cfg: Any) -> dict[str, Any]:
     from search_e1.policy import Policy
     from search_e1.rounds.evolver import Evolver
 
+    if not cfg.data.train_files:
+        raise UserInputError("fit: no training questions: give a config (--config conf/quickstart.yaml) or "
+                             "data.train_files")
     init, trainer_kwargs = _build(parser, cfg)
     run_dir = Path(init.evolver.run_dir)
     if rank_zero_only.rank == 0:
@@ -326,6 +396,10 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
 
     if cfg.max_questions < 0:
         raise UserInputError(f"--max_questions must be >= 0 (0 = all), got {cfg.max_questions}")
+    if cfg.split not in ("test", "val"):
+        raise UserInputError(f"--split must be test or val (the training split is not evaluated), got {cfg.split!r}")
+    if not cfg.data.get(f"{cfg.split}_files"):
+        raise UserInputError(f"--split {cfg.split}: no QA files to evaluate; set data.{cfg.split}_files")
     init, _ = _build(parser, cfg)
     policy_cfg = replace(init.policy, path=cfg.ckpt) if cfg.ckpt else init.policy
     policy = Policy.from_config(policy_cfg)
@@ -392,6 +466,51 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def run_command(parser: Any, cfg: Any, name: str) -> None:
+    """A function command of `COMMANDS` with its arguments instantiated (config objects checked)."""
+    kwargs = {k: v for k, v in _instantiate(parser, cfg).as_dict().items() if k != "config"}
+    COMMANDS[name](**kwargs)
+
+
+RUNNERS: dict[str, Callable[[Any, Any], Any]] = {"fit": run_fit, "evaluate": run_evaluate, "serve": run_serve}
+"""Subcommand -> runner ``(parser, cfg)``; the `COMMANDS` run through `run_command`."""
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def join_negative_values(args: list[str]) -> list[str]:
+    """``--key -1e-5`` -> ``--key=-1e-5``: argparse reads a value that starts with ``-`` and is not a
+    plain integer or decimal as an option, so the key would get no value.
+
+    >>> join_negative_values(["--grpo.optim.lr", "-1e-5", "--a", "1"])
+    ['--grpo.optim.lr=-1e-5', '--a', '1']
+    """
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_NUMBER.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's error (a nested dump for union and class types) as one line: the full dotted key
+    and the innermost "Expected ... Got value ..." reason."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    reason = next((line.strip() for line in message.splitlines() if line.strip().startswith("Expected")), None)
+    if not keys or reason is None:
+        return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    key = ".".join(dict.fromkeys(keys)) if len(keys) > 1 and not keys[-1].startswith(keys[0]) else keys[-1]
+    literal = re.match(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$", reason)
+    if literal:
+        reason = f"expected one of {literal.group(1)}, got {literal.group(2)!r}"
+    else:
+        reason = re.sub(r"<class '(\w+)'>", r"\1", reason).replace("Expected", "expected").replace(". Got value:", ", got")
+        reason = reason.replace("expected a int", "expected an int").replace(", got None", ", got null")
+    return f"{key}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``search-e1``: exit status 0; 2 on bad input; 128 + N when signal N stopped a fit."""
     from jsonargparse import ArgumentError, set_parsing_settings
@@ -402,30 +521,20 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print through their own handler
         logging.getLogger(name).propagate = False
     quiet_console()
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = join_negative_values(list(sys.argv[1:] if argv is None else argv))
     parser, subs = root_parser()
     try:
         check_config_files(args)
         cfg = parser.parse_args(args)
-    except UserInputError as err:
-        log.error("%s", err)
-        sys.exit(2)
+        name = cfg.subcommand
+        if name in RUNNERS:
+            RUNNERS[name](subs[name], cfg[name])
+        else:
+            run_command(subs[name], cfg[name], name)
     except ArgumentError as err:  # one line that matters instead of the whole usage
         command = " ".join(["search-e1", *[a for a in args if a in subs][:1], "--help"])
-        sys.stderr.write(f"error: {err}\n`{command}` lists every option\n")
+        sys.stderr.write(f"error: {parse_error_line(str(err))}\n`{command}` lists every option\n")
         sys.exit(2)
-    name = cfg.subcommand
-    sub_cfg, sub_parser = cfg[name], subs[name]
-    try:
-        if name == "fit":
-            run_fit(sub_parser, sub_cfg)
-        elif name == "evaluate":
-            run_evaluate(sub_parser, sub_cfg)
-        elif name == "serve":
-            run_serve(sub_parser, sub_cfg)
-        else:
-            kwargs = {k: v for k, v in sub_parser.instantiate(sub_cfg).as_dict().items() if k != "config"}
-            COMMANDS[name](**kwargs)
     except (UserInputError, FileNotFoundError) as err:
         log.error("%s", err)
         sys.exit(2)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,17 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         raise PolicyLoadError(f"GGUF file not found: {gguf_path}")
     log.info("converting %s into %s (one-off, ~20 s)", gguf_path, out_dir)
     kwargs = {"gguf_file": gguf_path.name}
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise PolicyLoadError(f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic); "
+                                  "give a .gguf model file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    except (ValueError, OSError, EOFError, struct.error, IndexError, KeyError) as err:
+        raise PolicyLoadError(f"{gguf_path}: cannot read it as a GGUF model ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'truncated?'}); the file is damaged or "
+                              "truncated: download or copy it again") from None
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -161,15 +171,25 @@ def _load_hf(p: Path, cfg: PolicyConfig) -> tuple[nn.Module, Any]:
     if p.is_file():  # GGUF
         kwargs["gguf_file"], source = p.name, p.parent
     else:
-        hf_config = AutoConfig.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)
+        try:
+            hf_config = AutoConfig.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise PolicyLoadError(f"{p / 'config.json'} is not a readable model config ({str(err).splitlines()[0]}); "
+                                  "the directory is damaged: copy or convert the model again") from None
         archs = getattr(hf_config, "architectures", None) or []
         if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
             raise PolicyLoadError(f"policy path {p} holds {archs}, not a causal language model")
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[cfg.dtype], **kwargs)
-    except (OSError, ValueError, KeyError) as err:
-        raise PolicyLoadError(f"could not load a causal LM from {p}: {err}") from err
+    except SafetensorError as err:
+        raise PolicyLoadError(f"{p}: its weights (model.safetensors) are damaged or truncated ({err}); copy, "
+                              "download or convert the model again") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PolicyLoadError(f"could not load a causal LM from {p}: {first}") from None
     return model, tokenizer
 
 
@@ -400,9 +420,15 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
     files = sorted(Path(ckpt).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"cannot resume: {ckpt} holds no weights")
+    from safetensors import SafetensorError
+
     weights: dict[str, torch.Tensor] = {}
     for f in files:
-        weights.update(load_file(str(f)))
+        try:
+            weights.update(load_file(str(f)))
+        except SafetensorError as err:
+            raise UserInputError(f"checkpoint {f} is damaged or truncated ({err}); the run cannot resume from it: "
+                                 "move that checkpoint away and rerun, or start the run over") from None
     own = model.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     missing = [k for k in own if k not in weights and "lm_head" not in k]

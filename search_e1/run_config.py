@@ -19,11 +19,12 @@ STATE_FILE = "evolver_state.json"
 """The Evolver's resumable state, in the run directory."""
 
 
-RESUME_MAY_CHANGE = ("config", "evolver.rounds", "evolver.resume", "evolver.accept_config_change",
+RESUME_MAY_CHANGE = ("config", "evolver.run_dir", "evolver.rounds", "evolver.resume", "evolver.accept_config_change",
                      "evolver.eval_batch_size", "evolver.malloc_mmap_threshold_mb", "rollout.vllm.",
                      "trainer.enable_progress_bar")
 """Config keys (or prefixes) a resumed run may change without `evolver.accept_config_change`:
-the schedule's length and settings that do not change what is trained."""
+the schedule's length, where the run directory now lives (a moved run resumes), and settings that
+do not change what is trained."""
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -55,6 +56,13 @@ def record_config(run_dir: Path, dumped: str, evolver: Any) -> None:
     path = run_dir / "config.yaml"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not path.exists() and (run_dir / STATE_FILE).exists() and evolver.resume:
+            if not evolver.accept_config_change:
+                raise UserInputError(
+                    f"{run_dir} holds a run ({STATE_FILE}) but its config.yaml is missing, so this command cannot "
+                    "be checked against the run's config; restore config.yaml, or set evolver.accept_config_change "
+                    "true to resume under this command's config (it becomes the run's config.yaml)")
+            log.warning("%s had no config.yaml: resuming under this command's config, now recorded as it", run_dir)
         if path.exists() and (run_dir / STATE_FILE).exists():
             if not evolver.resume:  # the Evolver refuses to touch this run: its record stays as it is
                 return

@@ -136,7 +136,7 @@ def test_config_file_errors_name_the_file(tmp_path, caplog, text, needle):
 def test_invalid_value_is_refused_by_the_config_class(caplog):
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(CONF / "quickstart.yaml"), "--grpo.advantage", "nope"])
-    assert exc.value.code == 2 and "GRPOConfig.advantage" in caplog.text and "'nope'" in caplog.text
+    assert exc.value.code == 2 and "grpo.advantage" in caplog.text and "'nope'" in caplog.text
 
 
 def test_help_lists_knobs_with_docstrings(capsys):

@@ -277,6 +277,29 @@ def test_a_request_whose_client_went_away_is_not_searched() -> None:
     assert health["abandoned_requests"] == 1
 
 
+def test_a_client_gone_during_its_search_stops_it_after_the_chunk_in_progress() -> None:
+    """A 1,000-query request is searched 100 queries at a time (0.2 s a chunk); its client disconnects
+    during the first chunk: the service searches no further chunk, counts the rest as abandoned, and
+    the next request is answered at once instead of after the 2 s the whole request would take."""
+    fake = FakeRetriever(delay_s=0.2)
+    cfg = ServeConfig(port=0, search_chunk_queries=100, max_queries_per_request=2000)
+    with serve_in_thread(fake, cfg) as running:
+        host, port = running.url.removeprefix("http://").split(":")
+        body = json.dumps({"queries": [f"q{i}" for i in range(1000)]}).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.1)  # the first chunk is being searched
+        start = time.perf_counter()
+        response = post(running.url, {"queries": ["ada"]})
+        waited = time.perf_counter() - start
+        health = httpx.get(running.url + "/health", timeout=5.0).json()
+    assert response.status_code == 200 and waited < 1.0
+    chunks = [queries for queries, _ in fake.calls if queries[0].startswith("q")]
+    assert len(chunks) <= 2 and all(len(c) == 100 for c in chunks)  # the running chunk (and at most one more)
+    assert health["abandoned_requests"] == 1 and health["abandoned_queries"] >= 800
+
+
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="max_topk"):
         ServeConfig(max_topk=0)
@@ -284,6 +307,8 @@ def test_config_validation_names_the_field() -> None:
         ServeConfig(default_topk=10, max_topk=5)
     with pytest.raises(ValueError, match="batch_wait_ms"):
         ServeConfig(batch_wait_ms=-1)
+    with pytest.raises(ValueError, match="log_level: expected one of critical, error"):
+        ServeConfig(log_level="loud")
     with pytest.raises(ValueError, match="url"):
         HTTPRetrieverConfig(url="ftp://127.0.0.1/retrieve")
     with pytest.raises(ValueError, match="retries"):

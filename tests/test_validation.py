@@ -29,8 +29,17 @@ def test_group_size_one_is_refused_where_it_can_never_learn(cls):
 
 
 def test_negative_eval_questions_are_refused():
-    with pytest.raises(ValueError, match="eval_max_questions >= 0"):
+    with pytest.raises(ValueError, match=r"EvolverConfig.eval_max_questions must be >= 0, got -1"):
         EvolverConfig(eval_max_questions=-1)
+
+
+@pytest.mark.parametrize(("cls", "field", "value", "expected"), [
+    (GRPOConfig, "clip_low", -0.2, ">= 0"), (GRPOConfig, "mini_batch_size", -1, ">= 0"),
+    (RolloutConfig, "top_k", -5, ">= 0"), (RolloutConfig, "top_p", 0.0, "> 0"), (RolloutConfig, "top_p", 1.5, "<= 1"),
+])
+def test_each_field_is_refused_by_name_with_its_value(cls, field, value, expected):
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}\.{field} must be {expected}, got {value}$"):
+        cls(**{field: value})
 
 
 def test_non_utf8_qa_file_names_file_and_line(tmp_path):
@@ -92,6 +101,61 @@ def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path):
     assert (tmp_path / "config.yaml").read_text() == saved  # the original record stays
     assert "grpo.lr: 1e-05 -> 2e-05" in (tmp_path / "config_changes.log").read_text()
     record_config(tmp_path, saved.replace("rounds: 2", "rounds: 5"), EvolverConfig())  # a longer schedule is fine
+
+
+def test_a_moved_run_directory_resumes(tmp_path):
+    """Only evolver.run_dir differs (the directory was moved or renamed): the run resumes, unrefused."""
+    saved = "evolver:\n  run_dir: /old/place/run\n  rounds: 2\n"
+    (tmp_path / "config.yaml").write_text(saved)
+    (tmp_path / STATE_FILE).write_text("{}")
+    assert config_changes(saved, saved.replace("/old/place/run", str(tmp_path))) == []
+    record_config(tmp_path, saved.replace("/old/place/run", str(tmp_path)), EvolverConfig())
+    assert (tmp_path / "config.yaml").read_text() == saved
+
+
+def test_a_deleted_config_yaml_is_refused_with_the_way_out(tmp_path, caplog):
+    (tmp_path / STATE_FILE).write_text("{}")  # a run started here, its config.yaml is gone
+    with pytest.raises(UserInputError, match="config.yaml is missing.*restore config.yaml, or set "
+                                             "evolver.accept_config_change true"):
+        record_config(tmp_path, "grpo:\n  lr: 3.0e-05\n", EvolverConfig())
+    assert not (tmp_path / "config.yaml").exists()
+    record_config(tmp_path, "grpo:\n  lr: 3.0e-05\n", EvolverConfig(accept_config_change=True))
+    assert (tmp_path / "config.yaml").read_text() == "grpo:\n  lr: 3.0e-05\n" and "had no config.yaml" in caplog.text
+
+
+def test_greedy_training_rollouts_are_refused(tmp_path, smol_tokenizer):
+    """rollout.temperature 0 makes a group's samples identical: every advantage 0, nothing learnt."""
+    from search_e1.rollout import RolloutConfig, SearchEnv
+
+    dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 4, "t"), batch_size=2)
+    dm.set_retriever(EchoRetriever())
+    make = lambda steps: Evolver(make_tiny_policy(smol_tokenizer), dm, SearchEnv(config=RolloutConfig(temperature=0.0)),  # noqa: E731
+                                 grpo=GRPOConfig(group_size=2, kl_coef=0.0),
+                                 config=EvolverConfig(run_dir=str(tmp_path / "run"), grpo_steps=steps, ofsd_steps=0,
+                                                      eval_initial=False),
+                                 trainer={"accelerator": "cpu", "devices": 1})
+    with pytest.raises(UserInputError, match="rollout.temperature is 0 .* every GRPO advantage is 0"):
+        make(2).fit()
+    assert not (tmp_path / "run").exists()  # refused before any file
+    make(0).fit()  # no training step: greedy is fine (an evaluation-only schedule)
+
+
+def test_a_damaged_state_file_or_a_missing_checkpoint_is_named(tmp_path, smol_tokenizer):
+    from search_e1.rounds.evolver import read_state
+
+    path = tmp_path / STATE_FILE
+    for text, why in (("{oops", "not JSON"), ("[]", "not an object"), ('{"round": 1}', "'phase' missing"),
+                      ('{"round": 1, "phase": 7, "step_offset": 0, "grpo_batches": 0}', "phase 7 out of range")):
+        path.write_text(text)
+        with pytest.raises(UserInputError, match=f"{STATE_FILE} is damaged \\({why}"):
+            read_state(path)
+    dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 4, "t"), batch_size=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / STATE_FILE).write_text('{"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}')
+    evolver = Evolver(make_tiny_policy(smol_tokenizer), dm, config=EvolverConfig(run_dir=str(run)))
+    with pytest.raises(UserInputError, match="names checkpoint 'round_1', but .*round_1 does not exist"):
+        evolver._maybe_resume()
 
 
 def test_a_run_that_never_started_takes_the_new_config(tmp_path):

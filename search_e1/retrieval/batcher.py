@@ -2,8 +2,10 @@
 
 One worker task takes the first waiting request, waits up to ``batch_wait_s`` for more (or until
 ``max_batch_queries`` queries wait), de-duplicates the queries, calls ``retriever.search`` once
-with the batch's largest ``topk`` in a worker thread, and hands each request its own rows. A
-request abandoned while it waits (its caller timed out or its client went away) is never searched.
+with the batch's largest ``topk`` in a worker thread (``search_chunk`` queries per call), and hands
+each request its own rows. A request abandoned while it waits (its caller timed out or its client
+went away) is never searched; a batch whose every request is abandoned while it is searched stops
+after the chunk in progress, so the next request does not wait behind queries nobody will read.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class BatchStats:
     unique_queries: int = 0
     failed_batches: int = 0
     abandoned_requests: int = 0
+    abandoned_queries: int = 0
+    """Queries of abandoned requests that were never searched (a batch stopped between chunks)."""
 
 
 class MicroBatcher:
@@ -49,10 +53,13 @@ class MicroBatcher:
     """
 
     def __init__(self, retriever: Retriever, batch_wait_s: float = 0.005,
-                 max_batch_queries: int = 1024) -> None:
+                 max_batch_queries: int = 1024, search_chunk: int = 256) -> None:
         self.retriever = retriever
         self.batch_wait_s = batch_wait_s
         self.max_batch_queries = max_batch_queries
+        self.search_chunk = search_chunk
+        """Queries per ``retriever.search`` call: a batch whose every request was abandoned (client
+        gone, timed out) stops after the chunk in progress instead of searching everything."""
         self.stats = BatchStats()
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._waiting_queries = 0
@@ -149,10 +156,16 @@ class MicroBatcher:
         self.stats.unique_queries += len(unique)
         self._in_flight = len(unique)
         try:
-            rows = await asyncio.to_thread(self.retriever.search, unique, topk)
-            if len(rows) != len(unique):
-                raise RetrieverFailure(f"the retriever returned {len(rows)} rows "
-                                       f"for {len(unique)} queries")
+            rows: list[list[Passage]] = []
+            for start in range(0, len(unique), self.search_chunk):
+                if all(item.future.done() for item in batch):  # every caller went away: stop searching
+                    self.stats.abandoned_queries += len(unique) - start
+                    return
+                chunk = unique[start : start + self.search_chunk]
+                part = await asyncio.to_thread(self.retriever.search, chunk, topk)
+                if len(part) != len(chunk):
+                    raise RetrieverFailure(f"the retriever returned {len(part)} rows for {len(chunk)} queries")
+                rows += part
         except Exception as exc:  # any retriever error fails this batch only
             self.stats.failed_batches += 1
             log.exception("retriever.search failed for a batch of %d queries", len(unique))

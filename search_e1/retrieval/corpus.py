@@ -194,8 +194,8 @@ def _parse_line(line: str | bytes, where: str) -> tuple[str, str]:
         except UnicodeDecodeError as err:
             raise CorpusFormatError(
                 f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    try:
-        rec = json.loads(line.rstrip("\r\n"))  # columns within the line
+    try:  # a UTF-8 byte-order mark is accepted, as in QA and demonstration files
+        rec = json.loads(line.removeprefix("\ufeff").rstrip("\r\n"))  # columns within the line
     except json.JSONDecodeError as err:
         raise CorpusFormatError(
             f"{where}: invalid JSON ({err.msg} at column {err.pos + 1})") from None

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from search_e1.errors import UserInputError
 from search_e1.retrieval.base import Passage
 from search_e1.retrieval.corpus import PassageSource
 from search_e1.retrieval.embedder import (
@@ -44,7 +45,7 @@ from search_e1.retrieval.embedder import (
     TextEncoder,
     resolve_embedder_path,
 )
-from search_e1.retrieval.http import HTTPRetriever, HTTPRetrieverConfig
+from search_e1.retrieval.http import HTTPRetriever, HTTPRetrieverConfig, RetrievalServiceError
 from search_e1.retrieval.index import (
     INDEX_FILE,
     META_FILE,
@@ -250,6 +251,10 @@ class RetrieverConfig:
             raise ValueError(f"RetrieverConfig.kind: expected one of {list(RETRIEVER_KINDS)}, got {self.kind!r}")
         if self.kind == "dense" and not self.corpus:
             raise ValueError("RetrieverConfig.corpus must be the path of a corpus jsonl file (kind dense)")
+        for name in ("index_dir", "store_dir"):
+            path = getattr(self, name)
+            if path and Path(path).exists() and not Path(path).is_dir():
+                raise ValueError(f"RetrieverConfig.{name}: {path} is an existing file; expected a directory")
         if isinstance(self.http, dict):
             self.http = HTTPRetrieverConfig(**self.http)
         if isinstance(self.embedder, dict):  # from plain YAML / OmegaConf containers
@@ -277,7 +282,14 @@ def build_retriever(cfg: RetrieverConfig, progress: bool = True) -> DenseRetriev
     index built first when missing and allowed."""
     if cfg.kind == "http":
         log.info("retrieval service at %s", cfg.http.url)
-        return HTTPRetriever.from_config(cfg.http)
+        client = HTTPRetriever.from_config(cfg.http)
+        try:  # one search now: a service that is not there is named before any work starts
+            client.search(["search-e1 connection check"], 1)
+        except RetrievalServiceError as err:
+            client.close()
+            raise UserInputError(f"data.retriever.http.url: {err}; start the service (search-e1 serve --config "
+                                 "...) or point the url at a running one") from None
+        return client
     assert cfg.corpus is not None  # checked by RetrieverConfig
     store = open_corpus_store(cfg.corpus, cfg.store_dir, progress=progress)
     if cfg.index_path:

@@ -77,20 +77,20 @@ class HTTPRetrieverConfig:
     def __post_init__(self) -> None:
         parts = urlsplit(self.url) if isinstance(self.url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url must be an http(s) URL such as http://127.0.0.1:8000/retrieve, "
+            raise ValueError(f"HTTPRetrieverConfig.url must be an http(s) URL such as http://127.0.0.1:8000/retrieve, "
                              f"got {self.url!r}")
         if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s)
                 and self.timeout_s > 0):
-            raise ValueError(f"timeout_s must be a finite number > 0, got {self.timeout_s!r}")
+            raise ValueError(f"HTTPRetrieverConfig.timeout_s must be a finite number > 0, got {self.timeout_s!r}")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {self.retries!r}")
+            raise ValueError(f"HTTPRetrieverConfig.retries must be an int >= 0, got {self.retries!r}")
         if not (isinstance(self.backoff_s, (int, float)) and self.backoff_s >= 0):
-            raise ValueError(f"backoff_s must be a number >= 0, got {self.backoff_s!r}")
+            raise ValueError(f"HTTPRetrieverConfig.backoff_s must be a number >= 0, got {self.backoff_s!r}")
         if not (isinstance(self.max_backoff_s, (int, float)) and self.max_backoff_s >= 0):
-            raise ValueError(f"max_backoff_s must be a number >= 0, got {self.max_backoff_s!r}")
+            raise ValueError(f"HTTPRetrieverConfig.max_backoff_s must be a number >= 0, got {self.max_backoff_s!r}")
         if not isinstance(self.pool_size, int) or isinstance(self.pool_size, bool) \
                 or self.pool_size < 1:
-            raise ValueError(f"pool_size must be an int >= 1, got {self.pool_size!r}")
+            raise ValueError(f"HTTPRetrieverConfig.pool_size must be an int >= 1, got {self.pool_size!r}")
 
 
 def _endpoint(url: str) -> str:

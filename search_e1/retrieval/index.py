@@ -80,6 +80,10 @@ class IndexConfigError(UserInputError):
     """An `IndexConfig` value is invalid or unusable here (the message names the field)."""
 
 
+class IndexFileError(UserInputError):
+    """An index file or its ``meta.json`` that cannot be read (damaged, truncated, another format)."""
+
+
 class IndexMismatchError(UserInputError):
     """An index does not belong to this corpus, encoder or set of shards."""
 
@@ -193,7 +197,12 @@ def load_index(path: str | Path, mmap: bool = False) -> faiss.Index:
     if not path.is_file():
         raise FileNotFoundError(f"faiss index not found: {path} (build it with build_index)")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    return faiss.read_index(str(path), flags)
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as err:  # faiss's C++ exception: the file is truncated or not an index
+        reason = str(err).strip().splitlines()[-1][:120] if str(err).strip() else "unreadable"
+        raise IndexFileError(f"{path} is damaged or not a faiss index ({reason}); rebuild it: "
+                             f"search-e1 index --corpus <corpus.jsonl> --out {path.parent}") from None
 
 
 def apply_search_params(index: faiss.Index, cfg: IndexConfig) -> list[str]:
@@ -254,11 +263,20 @@ def open_index(path: str | Path, cfg: IndexConfig | None = None) -> faiss.Index:
 
 
 def read_meta(index_dir: str | Path) -> dict[str, Any]:
-    """The ``meta.json`` of an index directory (FileNotFoundError naming it when absent)."""
+    """The ``meta.json`` of an index directory (FileNotFoundError naming it when absent,
+    `IndexFileError` when it is not a JSON object)."""
     path = Path(index_dir) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"index metadata not found: {path} (build it with build_index)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFileError(f"{path} is damaged ({err}); rebuild the index: "
+                             f"search-e1 index --corpus <corpus.jsonl> --out {path.parent}") from None
+    if not isinstance(meta, dict):
+        raise IndexFileError(f"{path} is damaged (not a JSON object); rebuild the index: "
+                             f"search-e1 index --corpus <corpus.jsonl> --out {path.parent}")
+    return meta
 
 
 # ---------------------------------------------------------------- building

@@ -97,28 +97,36 @@ class ServeConfig:
     """How long the first waiting request waits for others to share its search call."""
     max_batch_queries: int = 1024
     """Stop collecting a shared batch at this many queries (a larger single request goes alone)."""
+    search_chunk_queries: int = 256
+    """Queries per retriever call within a batch; a batch whose clients all went away stops after the current chunk."""
     request_timeout_s: float = 120.0
     """A request waiting longer than this for its search (queue included) gets 504."""
     log_level: str = "info"
-    """uvicorn's log level for `serve`."""
+    """uvicorn's log level for `serve`: critical, error, warning, info, debug or trace."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
-            raise ValueError(f"host must be a non-empty string, got {self.host!r}")
+            raise ValueError(f"ServeConfig.host must be a non-empty string, got {self.host!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be an int in [0, 65535], got {self.port!r}")
+            raise ValueError(f"ServeConfig.port must be an int in [0, 65535], got {self.port!r}")
         for name in ("max_topk", "max_queries_per_request", "max_query_chars", "max_body_bytes",
-                     "max_batch_queries"):
+                     "max_batch_queries", "search_chunk_queries"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ValueError(f"ServeConfig.{name} must be a positive int, got {value!r}")
         if not isinstance(self.default_topk, int) or not 1 <= self.default_topk <= self.max_topk:
-            raise ValueError(f"default_topk must be an int in [1, max_topk={self.max_topk}], "
+            raise ValueError(f"ServeConfig.default_topk must be an int in [1, max_topk={self.max_topk}], "
                              f"got {self.default_topk!r}")
         if not self.batch_wait_ms >= 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
+            raise ValueError(f"ServeConfig.batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
         if not self.request_timeout_s > 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+            raise ValueError(f"ServeConfig.request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"ServeConfig.log_level: expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's log levels (`ServeConfig.log_level`)."""
 
 
 class RetrieveRequest(BaseModel):
@@ -245,7 +253,7 @@ async def _while_connected(request: Request, work: Awaitable[Any], poll_s: float
 def create_app(retriever: Retriever, cfg: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``retriever`` (see the module docstring for the API)."""
     cfg = cfg or ServeConfig()
-    batcher = MicroBatcher(retriever, cfg.batch_wait_ms / 1000.0, cfg.max_batch_queries)
+    batcher = MicroBatcher(retriever, cfg.batch_wait_ms / 1000.0, cfg.max_batch_queries, cfg.search_chunk_queries)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -288,7 +296,7 @@ def create_app(retriever: Retriever, cfg: ServeConfig | None = None) -> FastAPI:
                 "queue_depth": batcher.queue_depth, "in_flight_queries": batcher.in_flight_queries,
                 "requests": stats.requests, "batches": stats.batches, "queries": stats.queries,
                 "unique_queries": stats.unique_queries, "failed_batches": stats.failed_batches,
-                "abandoned_requests": stats.abandoned_requests}
+                "abandoned_requests": stats.abandoned_requests, "abandoned_queries": stats.abandoned_queries}
 
     return app
 
