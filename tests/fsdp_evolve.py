@@ -1,8 +1,13 @@
 """Run by test_evolver.py in a subprocess: a 1-round evolution of a tiny model with FSDP2 on 2 CPU
 processes (gloo). Lightning's launcher re-runs this script for rank 1; both ranks then write their
 full (all-gathered) parameters to OUT/params_rank<r>.pt. With ``warmup`` a 2-step warm-up runs first.
+With ``nodes`` the script is one process of one of two nodes, launched by torchrun (``--nnodes 2
+--nproc-per-node 1``), as a multi-node job is: ``trainer.num_nodes 2, devices 1``, two rounds (the
+optimisers' sharded states are saved after round 1 and restored in round 2).
 
     python tests/fsdp_evolve.py OUT [warmup]
+    torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr 127.0.0.1 --master-port P \
+        tests/fsdp_evolve.py OUT nodes
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def main(out: Path, warmup: bool = False) -> None:
+def main(out: Path, warmup: bool = False, nodes: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     from conftest import make_tiny_policy
     from scripted import EchoRetriever, scripted_factory, write_demonstrations, write_qa
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -43,9 +51,10 @@ def main(out: Path, warmup: bool = False) -> None:
         grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=2, kl_coef=0.01),
         ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1, kl_eval_examples=2),
         env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1, generation_batch_size=3), generator_factory=scripted_factory),
-        config=EvolverConfig(run_dir=str(out / "run"), rounds=1, grpo_steps=2, ofsd_steps=2, eval_batch_size=2),
-        trainer={"accelerator": "cpu", "devices": 2, "strategy": "fsdp", "enable_progress_bar": False,
-                 "enable_model_summary": False},
+        config=EvolverConfig(run_dir=str(out / "run"), rounds=2 if nodes else 1, grpo_steps=2, ofsd_steps=2,
+                             eval_batch_size=2),
+        trainer={"accelerator": "cpu", "devices": 1 if nodes else 2, "num_nodes": 2 if nodes else 1, "strategy": "fsdp",
+                 "enable_progress_bar": False, "enable_model_summary": False},
         warmup=WarmupConfig(demonstrations=write_demonstrations(out / "demos.jsonl", 4, "t"), steps=2, optim=OptimConfig(lr=5e-3),
                             batch_size=2, micro_batch_size=1) if warmup else None,
     )
@@ -57,4 +66,4 @@ def main(out: Path, warmup: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), warmup=sys.argv[2:] == ["warmup"])
+    main(Path(sys.argv[1]), warmup=sys.argv[2:] == ["warmup"], nodes=sys.argv[2:] == ["nodes"])

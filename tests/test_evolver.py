@@ -154,6 +154,40 @@ def test_fsdp_evolution_on_two_cpu_processes(tmp_path, warmup):
     assert (tmp_path / "run" / "checkpoints" / "warmup").is_dir() == warmup
 
 
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_through_torchrun(tmp_path):
+    """A multi-node launch as a cluster runs it: two torchrun node processes (node ranks 0 and 1, one
+    process each) rendezvous on localhost (gloo), `trainer.num_nodes 2` shards the policy over both,
+    two rounds run (the optimisers' sharded states saved after round 1 restored in round 2), and
+    both nodes end with equal parameters."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).with_name("fsdp_evolve.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    nodes = [subprocess.Popen([*cmd, "--node-rank", str(r), str(script), str(tmp_path), "nodes"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=900)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    r0, r1 = (torch.load(tmp_path / f"params_rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["state"] == r1["state"] == {"round": 3, "phase": 0, "step_offset": 8, "grpo_batches": 4,
+                                          "checkpoint": "round_2"}
+    assert r0["changed"] > 1e-4 and r0["params"].keys() == r1["params"].keys()
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "round_2" / "optimizer").iterdir()) == \
+        ["grpo", "ofsd"]
+    assert "optimiser state restored" in outputs[0] + outputs[1]
+
+
 def test_run_killed_during_ofsd_resumes_without_redoing_grpo(tmp_path, smol_tokenizer):
     class Crash(Evolver):
         def _run_ofsd(self):

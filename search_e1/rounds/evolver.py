@@ -62,6 +62,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from search_e1.config import check_range
 from search_e1.data import TRAIN_WORLD, RetrievalDataModule
 from search_e1.distributed import is_distributed
 from search_e1.errors import UserInputError, writing
@@ -121,11 +122,8 @@ class EvolverConfig:
     """Carry each round kind's AdamW moments, step count and lr warm-up from one round to the next (saved with the checkpoint); False = a fresh AdamW every round."""
 
     def __post_init__(self) -> None:
-        if self.rounds < 0 or self.grpo_steps < 0 or self.ofsd_steps < 0 or self.eval_batch_size < 1 \
-                or self.malloc_mmap_threshold_mb < 0 or self.eval_max_questions < 0 or self.eval_round_questions < 0:
-            raise ValueError("EvolverConfig: rounds >= 0, grpo_steps/ofsd_steps >= 0, eval_batch_size >= 1, "
-                             "eval_max_questions >= 0, eval_round_questions >= 0, malloc_mmap_threshold_mb >= 0 "
-                             "are required")
+        check_range(self, at_least={"rounds": 0, "grpo_steps": 0, "ofsd_steps": 0, "eval_batch_size": 1,
+                                    "eval_max_questions": 0, "eval_round_questions": 0, "malloc_mmap_threshold_mb": 0})
 
 
 class OffsetTensorBoardLogger(TensorBoardLogger):
@@ -199,6 +197,7 @@ class Evolver:
         if set_mmap_threshold(self.config.malloc_mmap_threshold_mb):
             log.info("allocations of %d MiB and more are unmapped when freed", self.config.malloc_mmap_threshold_mb)
         self.env.check_prompt_fits(self.policy.tokenizer)
+        self._check_sampling()
         self._check_trainer()
         self._setup_data("fit")
         self._maybe_resume()
@@ -291,8 +290,8 @@ class Evolver:
         if strategy == "fsdp":
             from lightning.pytorch.strategies import ModelParallelStrategy
 
-            devices = kwargs.get("devices", 1)
-            n = int(devices) if str(devices).isdigit() else "auto"
+            devices, nodes = kwargs.get("devices", 1), int(kwargs.get("num_nodes") or 1)
+            n = int(devices) * nodes if str(devices).isdigit() else "auto"  # every process of every node
             kwargs["strategy"] = ModelParallelStrategy(data_parallel_size=n, tensor_parallel_size=1)
         callbacks: list[L.Callback] = [_AtFitStart(self._write_state)]
         if kwargs.get("enable_progress_bar", True) is not False:
@@ -315,6 +314,15 @@ class Evolver:
         self.state["started"] = True  # written when the phase's Trainer starts
         self.logger.step_offset = self.state["step_offset"]
 
+    def _check_sampling(self) -> None:
+        """Refuse greedy training rollouts: at temperature 0 a group's G samples are identical, every
+        advantage is 0 and GRPO learns nothing; OFSD finds no cheaper sibling either."""
+        c = self.config
+        if self.env.config.temperature == 0 and c.rounds > 0 and (c.grpo_steps or c.ofsd_steps):
+            raise UserInputError("rollout.temperature is 0 (greedy) in a training run: each question's "
+                                 f"{self.grpo.group_size} samples would be identical, so every GRPO advantage is 0 "
+                                 "and nothing is learnt; set rollout.temperature > 0 (evaluation is greedy anyway)")
+
     def _check_trainer(self) -> None:
         """Build (and drop) a phase's Trainer now, so that bad trainer settings (accelerator, devices,
         strategy, precision) are refused before any work, not when the first phase starts."""
@@ -325,8 +333,11 @@ class Evolver:
         quiet.setLevel(logging.WARNING)  # its "GPU available" lines come again with the first phase
         try:
             self._trainer()
-        except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
-            raise UserInputError(f"invalid trainer settings {self.trainer_kwargs}: {err}") from None
+        except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserInputError(f"invalid trainer settings (accelerator {self.trainer_kwargs.get('accelerator')!r}, "
+                                 f"devices {self.trainer_kwargs.get('devices')!r}, strategy "
+                                 f"{self.trainer_kwargs.get('strategy', 'auto')!r}): {first}") from None
         finally:
             quiet.setLevel(level)
 
@@ -560,12 +571,17 @@ class Evolver:
         if not self.config.resume:  # never overwrite another run's checkpoints and logs
             raise UserInputError(f"evolver.run_dir {self.run_dir} already holds a run ({path}); resume it "
                                  "(evolver.resume true) or choose another run_dir")
-        self.state = json.loads(path.read_text())
+        self.state = read_state(path)
         self._fresh = False
         self.logger.step_offset = self.state["step_offset"]
         if "checkpoint" not in self.state:  # killed before a phase finished: start from the initial weights
             log.info("resuming %s from the initial weights (no phase had finished)", self.run_dir)
             return
+        ckpt = self.run_dir / "checkpoints" / self.state["checkpoint"]
+        if not ckpt.is_dir():
+            raise UserInputError(f"{path} names checkpoint {self.state['checkpoint']!r}, but {ckpt} does not exist: "
+                                 "the run directory was changed by hand; restore that checkpoint, or start over "
+                                 "in another evolver.run_dir")
         if self.grpo.kl_coef > 0 and self.reference is None:
             # the reference is the policy as it entered round 1: the warm-up's, else the initial weights
             self.reference = self.policy.reference()
@@ -574,6 +590,28 @@ class Evolver:
         self.policy.load_weights(self.run_dir / "checkpoints" / self.state["checkpoint"])
         log.info("resuming %s at round %d, phase %s (step %d)", self.run_dir, self.state["round"],
                  PHASES[self.state["phase"]], self.state["step_offset"])
+
+
+STATE_KEYS = {"round": int, "phase": int, "step_offset": int, "grpo_batches": int}
+"""The keys every state file holds, with their types."""
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A run's ``evolver_state.json``, checked: a damaged one is a `UserInputError` naming it."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        state, why = None, f"not JSON ({err})"
+    else:
+        why = "not an object" if not isinstance(state, dict) else next(
+            (f"{k!r} missing or not {t.__name__}" for k, t in STATE_KEYS.items()
+             if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)), None)
+        if why is None and not 0 <= state["phase"] < len(PHASES):
+            why = f"phase {state['phase']} out of range"
+    if why is not None or state is None:
+        raise UserInputError(f"{path} is damaged ({why}): the run cannot tell where it stopped; move the run "
+                             "directory away and start over, or restore the file from a backup")
+    return state
 
 
 def with_run_seed(env: SearchEnv, datamodule: RetrievalDataModule, seed: int) -> SearchEnv:

@@ -29,7 +29,6 @@ The GRPO family, a config line each (see the README's recipe table):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,16 +45,14 @@ from search_e1.algos import (
     masked_mean,
     mixed_group_rows,
 )
-from search_e1.config import plain
+from search_e1.config import check_range, plain
 from search_e1.distributed import any_rank, max_over_ranks
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
-from search_e1.rounds.base import OptimConfig, RoundModule
+from search_e1.rounds.base import OptimConfig, QuestionSource, RoundModule
 
 log = logging.getLogger(__name__)
 
-QuestionSource = Callable[[int, int], list[tuple[str, list[str]]]]
-"""``(k, seed) -> k (question, golden_answers) pairs`` drawn from the training split."""
 
 
 @dataclass
@@ -115,10 +112,9 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError("GRPOConfig.group_size must be >= 2: a group of one sample has advantage 0, so no gradient")
-        if self.kl_coef < 0 or self.clip_low < 0 or self.clip_high < 0 or self.llds_coef < 0:
-            raise ValueError("GRPOConfig: kl_coef >= 0, llds_coef >= 0 and clip ranges >= 0 are required")
-        if self.loss_norm_tokens < 0 or self.dynamic_sampling_max_rollouts < 0:
-            raise ValueError("GRPOConfig: loss_norm_tokens >= 0 and dynamic_sampling_max_rollouts >= 0 are required")
+        check_range(self, at_least=dict.fromkeys(("kl_coef", "clip_low", "clip_high", "llds_coef", "entropy_coef",
+                                                  "loss_norm_tokens", "dynamic_sampling_max_rollouts",
+                                                  "mini_batch_size", "log_text_every", "log_text_samples"), 0))
         for name, getter in (("advantage", get_advantage_estimator), ("kl_estimator", get_kl_estimator),
                              ("policy_loss", get_policy_loss), ("loss_agg", get_agg_mode),
                              ("llds_gate", get_llds_gate)):
