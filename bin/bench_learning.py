@@ -285,7 +285,8 @@ def arms_markdown(summary: dict[str, Any], worlds: list[str], budget: dict[str, 
         for name, key in (("examples trained", "examples"), ("rows with a cheaper correct sibling", "cheaper"),
                           ("wrong rows with a correct sibling", "wrong_row"), ("optimiser steps", "steps"),
                           ("teacher-student KL before", "kl_before"), ("KL after", "kl_after"),
-                          ("KL before, query tokens", "kl_before_queries"), ("KL before, other tokens", "kl_before_rest"),
+                          ("KL before, query tokens", "kl_before_queries"), ("KL before, other tokens",
+                                                                             "kl_before_rest"),
                           ("KL after, query tokens", "kl_after_queries"), ("KL after, other tokens", "kl_after_rest")):
             cells = [fmt(summary[a][f"ofsd/{key}"], 2 if "kl" not in key else 3) if f"ofsd/{key}" in summary[a]
                      else "-" for a in ofsd_arms]
@@ -334,12 +335,14 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ofsd-questions", type=int, default=0,
-                    help="questions per OFSD round (a multiple of data.batch_size); 0 = the config's ofsd.num_questions")
+                    help="questions per OFSD round (a multiple of data.batch_size); "
+                         "0 = the config's ofsd.num_questions")
     ap.add_argument("--out", default=str(ROOT / "bench" / "learning"), help="run directories")
     ap.add_argument("--report", default=str(ROOT / "docs" / "learning"), help="results.json, table.md, learning.png")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints (about 1.6 GB each)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # our lines, not every library's (faiss announces its loader at INFO)
     from search_e1.cli import fit_parser
 
     cfg = fit_parser().parse_args(["--config", args.config])
@@ -362,7 +365,8 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
         worlds = worlds_of(warm)
         for arm in arms:
             run_dir = out / f"{arm}_seed{seed}"
-            flags = [*from_warmup(warm, seed), "--evolver.rounds", str(args.rounds), *arm_flags(arm, steps, k, batch, group)]
+            flags = [*from_warmup(warm, seed), "--evolver.rounds", str(args.rounds), *arm_flags(arm, steps, k, batch,
+                                                                                                group)]
             wall = run_once(args.config, run_dir, flags, args.keep_checkpoints)
             trajectories = sampled_trajectories(run_dir, arm, args.rounds, steps, k, batch, group)
             runs.append({"arm": arm, "seed": seed, "wall_s": wall, "trajectories": trajectories,
@@ -374,7 +378,8 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
               "n": {w: runs[0]["result"][w]["n"] for w in worlds}}
     report.mkdir(parents=True, exist_ok=True)
     command = "python bin/bench_learning.py " + " ".join(argv)
-    result = {"command": command.strip(), "config": args.config, "budget": budget, "arms": {a: ARMS[a][1] for a in arms},
+    result = {"command": command.strip(), "config": args.config, "budget": budget,
+              "arms": {a: ARMS[a][1] for a in arms},
               "runs": runs, "summary": summary, "wall_s": time.perf_counter() - started}
     (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     table = arms_markdown(summary, worlds, budget)
@@ -435,7 +440,8 @@ def main_sweep(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--out", default=str(ROOT / "bench" / "sweep"))
     ap.add_argument("--report", default=str(ROOT / "docs" / "sweep"), help="results.json and table.md")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # our lines, not every library's (faiss announces its loader at INFO)
     settings = {name: SWEEP[name] for name in args.settings.split(",") if name in SWEEP}
     unknown = [n for n in args.settings.split(",") if n and n not in SWEEP]
     if unknown:
@@ -458,8 +464,9 @@ def main_sweep(argv: list[str]) -> dict[str, Any]:
     summary = summarise_sweep(runs, worlds)
     command = ("python bin/bench_learning.py sweep " + " ".join(argv)).strip()
     report.mkdir(parents=True, exist_ok=True)
-    (report / "results.json").write_text(json.dumps({"command": command, "config": args.config, "settings": settings,
-                                                     "seeds": seeds, "runs": runs, "summary": summary}, indent=2) + "\n")
+    result = {"command": command, "config": args.config, "settings": settings, "seeds": seeds, "runs": runs,
+              "summary": summary}
+    (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     table = sweep_markdown(summary, worlds)
     (report / "table.md").write_text(f"`{command}`\n\nLast round's greedy EM, mean [95% t-interval] over seeds "
                                      f"{seeds}; chosen on the {worlds[0]} world only.\n\n{table}")

@@ -63,7 +63,8 @@ def child(args: argparse.Namespace) -> dict:
     mask[:, -args.scored:] = 1
     step_times = []
     for _ in range(args.phases):
-        optim = OptimConfig(lr=1e-6, fused=optimizer != "foreach", state_dtype="bfloat16" if optimizer == "bf16" else "float32")
+        optim = OptimConfig(lr=1e-6, fused=optimizer != "foreach",
+                            state_dtype="bfloat16" if optimizer == "bf16" else "float32")
         opt = make_optimizer(policy, optim)["optimizer"]
         for _ in range(args.steps):
             t0 = time.perf_counter()

@@ -136,7 +136,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     generated = int(traj.loss_mask.sum())
     out: dict[str, Any] = {
         "backend": args.backend, "engine_start_s": start_s, "rollout_s": wall, "trajectories": len(traj),
-        "trajectories_per_s": len(traj) / wall, "generated_tokens": generated, "generated_tokens_per_s": generated / wall,
+        "trajectories_per_s": len(traj) / wall, "generated_tokens": generated,
+        "generated_tokens_per_s": generated / wall,
         "searches_per_trajectory": float(traj.num_searches.float().mean()), "reward_mean": float(traj.rewards.mean()),
         "min_prompt_tokens": minimum_prompt_tokens(traj), "sent_prompt_tokens": counter.context_tokens,
     }

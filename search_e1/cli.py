@@ -94,7 +94,8 @@ class DemoWorldConfig:
             log.info("demo world written to %s (seed %d, size %d)", self.out, self.seed, self.size)
         if self.heldout_out is not None and not (Path(self.heldout_out) / "corpus.jsonl").is_file():
             if self.out is None:
-                raise UserInputError("demo_world.heldout_out needs demo_world.out (the held-out world avoids its names); "
+                raise UserInputError("demo_world.heldout_out needs demo_world.out "
+                                     "(the held-out world avoids its names); "
                                      "set both, or demo_world.heldout_out null")
             write_heldout_world(self.heldout_out, Path(self.out) / "corpus.jsonl", seed=self.heldout_seed,
                                 size=self.heldout_size)
@@ -421,7 +422,8 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
                                              if k.endswith("-hop")}}
     files = list(results.values())
     results["average"] = {"n": sum(r["n"] for r in files),
-                          **{f: sum(r[f] for r in files) / max(len(files), 1) for f in ("em", "f1", "searches", "tokens")}}
+                          **{f: sum(r[f] for r in files) / max(len(files), 1) for f in ("em", "f1", "searches",
+                                                                                        "tokens")}}
     _print_table(results, f"{cfg.split} ({policy_cfg.path})")
     return results
 
@@ -449,8 +451,9 @@ def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
     for name, r in results.items():
         ci = f"{r['em_lo']:.3f}-{r['em_hi']:.3f}" if "em_lo" in r else ""
         label = "average (over files)" if name == "average" else name
-        table.add_row(label, f"{int(r['n'])}", f"{r['em']:.3f}", ci, *[f"{r[h]:.3f}" if h in r else "" for h in hops], f"{r['f1']:.3f}",
-                      f"{r['searches']:.2f}", f"{r['tokens']:.1f}")
+        per_hop = [f"{r[h]:.3f}" if h in r else "" for h in hops]
+        table.add_row(label, f"{int(r['n'])}", f"{r['em']:.3f}", ci, *per_hop, f"{r['f1']:.3f}", f"{r['searches']:.2f}",
+                      f"{r['tokens']:.1f}")
     console = Console()
     (console if console.is_terminal else Console(width=160)).print(table)  # a log file: no wrapped cells
 
@@ -506,7 +509,8 @@ def parse_error_line(message: str) -> str:
     if literal:
         reason = f"expected one of {literal.group(1)}, got {literal.group(2)!r}"
     else:
-        reason = re.sub(r"<class '(\w+)'>", r"\1", reason).replace("Expected", "expected").replace(". Got value:", ", got")
+        reason = re.sub(r"<class '(\w+)'>", r"\1", reason).replace("Expected", "expected").replace(". Got value:",
+                                                                                                   ", got")
         reason = reason.replace("expected a int", "expected an int").replace(", got None", ", got null")
     return f"{key}: {reason}"
 

@@ -229,7 +229,8 @@ class PromptConfig:
     final_turn_note: str = FINAL_TURN_NOTE
     """Environment text telling the policy that its next turn is the last one and must answer."""
     preset: str | None = None
-    """Named instruction + examples: zero_shot (Search-R1 style) or few_shot (two worked examples); None = the fields above."""
+    """Named instruction + examples: zero_shot (Search-R1 style) or few_shot (two worked examples); None = the fields
+    above."""
 
     def __post_init__(self) -> None:
         if self.preset is not None:

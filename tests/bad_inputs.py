@@ -187,7 +187,8 @@ def a_file(name: str) -> Callable[[Path], None]:
 # ---------------------------------------------------------------- the cases
 def _fit(*extra: str) -> list[str]:
     return ["fit", "--config", "{conf}/quickstart.yaml", "--demo_world.out", "{w}/world", "--demo_world.size", "20",
-            "{no_heldout}", "--data.train_files", "[{w}/world/train.jsonl]", "--data.val_files", "[{w}/world/val.jsonl]",
+            "{no_heldout}", "--data.train_files", "[{w}/world/train.jsonl]",
+            "--data.val_files", "[{w}/world/val.jsonl]",
             "--data.test_files", "[{w}/world/test.jsonl]", "--data.retriever.corpus", "{w}/world/corpus.jsonl",
             "--data.retriever.index_dir", "{w}/world/index", "--warmup.demonstrations", "null",
             "--evolver.run_dir", "{w}/run", *extra]
@@ -200,7 +201,8 @@ def _evaluate(*extra: str) -> list[str]:
 CASES: list[Case] = [
     # other subcommands
     Case("demo-data size 0", ["demo-data", "--out", "{w}/d", "--size", "0"], refuse=["size", "10"]),
-    Case("demo-data out is a file", ["demo-data", "--out", "{w}/afile"], refuse=["afile", "file"], setup=a_file("afile")),
+    Case("demo-data out is a file", ["demo-data", "--out", "{w}/afile"], refuse=["afile", "file"],
+         setup=a_file("afile")),
     Case("fit without a config", ["fit"], refuse=["--config"]),
     Case("evaluate split foo", _evaluate("--split", "foo"), refuse=["--split", "foo"], setup=world),
     Case("evaluate split train", _evaluate("--split", "train"), refuse=["--split", "train"], setup=world),
@@ -268,7 +270,8 @@ CASES: list[Case] = [
     # also seen
     Case("http retriever with nothing listening", _fit("--data.retriever.kind", "http", "--data.retriever.http.url",
                                                        "http://127.0.0.1:9/retrieve", "--data.retriever.http.retries",
-                                                       "0"), refuse=["http.url", "127.0.0.1:9"], setup=world, slow=True),
+                                                       "0"), refuse=["http.url",
+                                                                     "127.0.0.1:9"], setup=world, slow=True),
     Case("UTF-8 BOM in a corpus", ["index", "--corpus", "{w}/bom/corpus.jsonl", "--progress", "false"], accept=True,
          setup=bom_corpus, slow=True),
 ]

@@ -31,6 +31,42 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# ---------------------------------------------------------------- what is slow
+SLOW_FIXTURES = frozenset({"embedded_policy", "minilm", "minilm_index_dir", "demo_retriever"})
+"""Fixtures that load the embedded models or index a world with them: their tests are ``slow``."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses a `SLOW_FIXTURES` fixture, so that ``-m "not slow"`` never
+    loads an embedded model whatever a test file remembers to mark (engines, multi-process runs and
+    CLI runs of real models are marked where they are written)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# ---------------------------------------------------------------- memory of the suite
+def _rss_kb() -> tuple[int, int]:
+    """(current, peak) RSS of this process in kB, from /proc (0, 0 where there is none)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``SEARCH_E1_TEST_RSS=FILE``, append each test's RSS after it ran and the peak so far (kB,
+    this process; child processes have their own): where the suite's memory goes."""
+    yield
+    out = os.environ.get("SEARCH_E1_TEST_RSS")
+    if out:
+        rss, peak = _rss_kb()
+        with open(out, "a") as f:
+            f.write(f"{item.nodeid}\t{rss}\t{peak}\n")
+
+
 # ---------------------------------------------------------------- policies
 @pytest.fixture(scope="session")
 def embedded_policy():

@@ -49,13 +49,16 @@ def main(out: Path, warmup: bool = False, nodes: bool = False) -> None:
     evolver = Evolver(
         policy, dm,
         grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=2, kl_coef=0.01),
-        ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1, kl_eval_examples=2),
-        env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1, generation_batch_size=3), generator_factory=scripted_factory),
+        ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1,
+                        kl_eval_examples=2),
+        env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1,
+                                           generation_batch_size=3), generator_factory=scripted_factory),
         config=EvolverConfig(run_dir=str(out / "run"), rounds=2 if nodes else 1, grpo_steps=2, ofsd_steps=2,
                              eval_batch_size=2),
         trainer={"accelerator": "cpu", "devices": 1 if nodes else 2, "num_nodes": 2 if nodes else 1, "strategy": "fsdp",
                  "enable_progress_bar": False, "enable_model_summary": False},
-        warmup=WarmupConfig(demonstrations=write_demonstrations(out / "demos.jsonl", 4, "t"), steps=2, optim=OptimConfig(lr=5e-3),
+        warmup=WarmupConfig(demonstrations=write_demonstrations(out / "demos.jsonl", 4, "t"), steps=2,
+                            optim=OptimConfig(lr=5e-3),
                             batch_size=2, micro_batch_size=1) if warmup else None,
     )
     state = evolver.fit()

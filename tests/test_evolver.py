@@ -46,8 +46,10 @@ def make_evolver(tmp_path, smol_tokenizer, rounds: int, cls=RecordingEvolver, wa
     return cls(
         make_tiny_policy(smol_tokenizer), dm,
         grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.01, log_text_every=1),
-        ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1, kl_eval_examples=2),
-        env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1), generator_factory=scripted_factory),
+        ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2, micro_batch_size=1,
+                        kl_eval_examples=2),
+        env=SearchEnv(config=RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1),
+                      generator_factory=scripted_factory),
         config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=rounds, grpo_steps=2, ofsd_steps=2,
                              eval_batch_size=4),
         trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False},
@@ -238,7 +240,8 @@ def test_finished_run_is_not_overwritten(tmp_path, smol_tokenizer, caplog):
 
 # ---------------------------------------------------------------- the warm-up phase
 def warmup_config(tmp_path) -> WarmupConfig:
-    return WarmupConfig(demonstrations=write_demonstrations(tmp_path / "demos.jsonl", 4, "t"), steps=2, optim=OptimConfig(lr=5e-3),
+    return WarmupConfig(demonstrations=write_demonstrations(tmp_path / "demos.jsonl", 4, "t"), steps=2,
+                        optim=OptimConfig(lr=5e-3),
                         batch_size=2, micro_batch_size=1)
 
 
@@ -459,7 +462,8 @@ def test_a_run_with_an_http_retriever_trains_against_search_e1_serve(tmp_path, s
             grpo=GRPOConfig(group_size=4, optim=OptimConfig(lr=5e-3), micro_batch_size=4, kl_coef=0.0),
             ofsd=OFSDConfig(group_size=4, num_questions=3, optim=OptimConfig(lr=5e-3), batch_size=2,
                             micro_batch_size=1, kl_eval_examples=2),
-            config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=1, grpo_steps=2, ofsd_steps=2, eval_batch_size=4),
+            config=EvolverConfig(run_dir=str(tmp_path / "run"), rounds=1, grpo_steps=2, ofsd_steps=2,
+                                 eval_batch_size=4),
             trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False},
         )
         state = evolver.fit()

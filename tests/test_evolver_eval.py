@@ -107,7 +107,8 @@ def test_held_out_worlds_get_their_own_rows_intervals_gains_and_tags(tmp_path, s
     Wilson intervals, the paired gain over round 0, 2 questions at the round in between."""
     dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 6, "t"),
                              val_files=write_qa(tmp_path / "val5.jsonl", 5, "v"), batch_size=2,
-                             eval_worlds=[EvalWorldConfig(name="other", files=[write_qa(tmp_path / "o.jsonl", 4, "o")])])
+                             eval_worlds=[EvalWorldConfig(name="other", files=[write_qa(tmp_path / "o.jsonl", 4,
+                                                                                        "o")])])
     dm.set_retriever(EchoRetriever())
     torch.manual_seed(0)
     evolver = make_evolver(tmp_path, smol_tokenizer, rounds=2, cls=Evolver)

@@ -106,15 +106,33 @@ class Captured(GRPOModule):
                                           loss_agg="seq-mean-token-mean"),
                                      dict(advantage="grpo_no_std", loss_agg="seq-mean-token-sum-norm"),
                                      dict(llds_coef=0.2)])
-def test_every_variant_runs_an_update_with_a_gradient(smol_tokenizer, variant):
+def test_every_variant_updates_with_the_gradient_of_its_registered_loss(smol_tokenizer, variant):
     env = SearchEnv(EchoRetriever(), RolloutConfig(max_turns=2, max_new_tokens=12, passages_per_search=1),
                     generator_factory=ByQuestion)
-    m = Captured(make_tiny_policy(smol_tokenizer), env, GRPOConfig(group_size=4, kl_coef=0.0, **variant))
+    config = GRPOConfig(group_size=4, kl_coef=0.0, micro_batch_size=1, **variant)  # 4 micro-batches accumulate
+    m = Captured(make_tiny_policy(smol_tokenizer), env, config)
     traj = m.rollout_questions(["Where is fresh a?"], [["Talmor"]], 4)
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
     old = traj.logprobs - 0.05 * traj.loss_mask  # pi moved up since sampling: LLDS off, ratios != 1
     stats = m.update(traj, adv, old, None)
-    assert max(g.abs().max().item() for g in m.grads.values()) > 0
+    # the module's micro-batched update gives the gradient of the registered loss over the whole batch
+    from search_e1.algos import agg_loss, get_policy_loss, llds_penalty
+
+    c, mask = m.config, traj.loss_mask
+    lp, _ = m.policy.token_logprobs(traj.input_ids, traj.attention_mask, mask, temperature=m.sampling_temperature,
+                                    start=int(traj.prompt_lengths.min()))
+    loss_mat, _ = get_policy_loss(c.policy_loss)(lp, old, adv, mask, c.clip_low, c.clip_high)
+    loss = agg_loss(loss_mat, mask, c.loss_agg, num_tokens=float(mask.sum()), num_seqs=len(traj),
+                    norm_tokens=m.norm_tokens)
+    if c.llds_coef:
+        loss = loss + c.llds_coef * agg_loss(llds_penalty(lp, old, adv, mask, c.llds_gate), mask, "token-mean",
+                                             num_tokens=float(mask.sum()))
+    m.policy.model.zero_grad(set_to_none=True)
+    loss.backward()
+    for name, p in m.policy.model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(m.grads[name], p.grad, rtol=1e-4, atol=1e-7)
+    assert max(g.abs().max().item() for g in m.grads.values()) > 1e-4  # and there is one
     if "llds_coef" in variant:  # old above new on every token: LLDS acts on the A >= 0 rows
         stats = m.update(traj, adv, traj.logprobs + 0.05 * traj.loss_mask, None)
         assert stats["llds"] > 0

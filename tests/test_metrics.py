@@ -84,12 +84,18 @@ def test_compute_before_update_is_nan() -> None:
     assert math.isnan(out["em"].item()) and math.isnan(out["f1"].item())
 
 
-def test_states_reduce_by_sum() -> None:
-    metric = QAMetric()
-    assert metric.full_state_update is False
-    for name in ("em_sum", "f1_sum", "searches_sum", "tokens_sum", "total"):
-        assert metric._reductions[name] is not None  # synced across ranks
-    assert metric.em_sum.dtype == torch.float64
+def test_states_are_float64_sums_that_merge_by_adding() -> None:
+    """The states are sums (what a cross-rank sync adds up): after two ranks' updates are merged,
+    each state is the hand-derived total over all six questions."""
+    rank0, rank1 = QAMetric(), QAMetric()
+    assert rank0.full_state_update is False
+    rank0.update(PREDS[:4], GOLDS[:4], searches=[1, 2, 0, 1], tokens=[10, 20, 30, 40])
+    rank1.update(PREDS[4:], GOLDS[4:], searches=[3, 0], tokens=[5, 7])
+    rank0.merge_state(rank1)
+    assert rank0.em_sum.dtype == torch.float64
+    assert rank0.em_sum.item() == pytest.approx(2.0, abs=1e-12)
+    assert rank0.f1_sum.item() == pytest.approx(3.6, abs=1e-12)
+    assert rank0.searches_sum.item() == 7 and rank0.tokens_sum.item() == 112 and rank0.total.item() == 6
 
 
 def test_merge_two_ranks_equals_one_metric_over_all_data() -> None:

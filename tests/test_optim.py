@@ -166,6 +166,7 @@ def test_make_optimizer_picks_the_state_dtype():
         OptimConfig(state_dtype="float16")
 
 
+@pytest.mark.slow
 def test_bf16_state_adamw_steps_fsdp2_shards(tmp_path):
     """Under FSDP2 (gloo, 2 CPU processes) the step runs on each rank's shards: the first step
     equals torch's AdamW on an unsharded copy exactly, the next four stay within 1e-3; the sharded

@@ -151,3 +151,31 @@ def test_ofsd_batched_kl_at_each_response_position_equals_an_unbatched_reference
         assert (mask[b, : r - n] == 0).all() and (kl[b, : r - n] == 0).all()
         assert (kl[b, r - n :].double() - reference).abs().max().item() <= 1e-5, (b, kl[b], reference)
         assert reference.max().item() > 1e-3  # teacher and student contexts differ: a real KL
+
+
+def test_token_mean_backward_adds_micro_batches_up_to_the_batch_gradient():
+    """Accumulating micro-batches of 1, 2 and 3 rows gives the whole batch's token-mean loss and
+    gradient (each micro-batch divided by the batch's token count, not its own)."""
+    from search_e1.rounds.base import token_mean_backward
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, 3)  # [B, T, H]
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0]]).float()  # [B, T]
+    w = torch.randn(3, requires_grad=True)
+    full = ((x @ w) ** 2 * mask).sum() / mask.sum()  # the batch's token mean, by hand
+    (expected,) = torch.autograd.grad(full, w)
+    for size in (1, 2, 3, 5):
+        w.grad = None
+        loss = token_mean_backward(5, size, lambda rows: ((x[rows] @ w) ** 2, mask[rows]), torch.Tensor.backward,
+                                   float(mask.sum()))
+        assert loss == pytest.approx(float(full), rel=1e-6)
+        torch.testing.assert_close(w.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_question_seeds_differ_across_steps_attempts_and_streams():
+    from search_e1.rounds.base import REFILL_STREAM, REFRESH_STREAM, question_seed
+
+    seeds = {question_seed(step, attempt, stream) for step in range(50) for attempt in range(3)
+             for stream in (REFILL_STREAM, REFRESH_STREAM)}
+    assert len(seeds) == 50 * 3 * 2
+    assert question_seed(0, 0, REFRESH_STREAM) == 7919 and question_seed(2, 1, REFILL_STREAM) == 3_000_010

@@ -44,7 +44,8 @@ def test_each_field_is_refused_by_name_with_its_value(cls, field, value, expecte
 
 def test_non_utf8_qa_file_names_file_and_line(tmp_path):
     path = tmp_path / "qa.jsonl"
-    path.write_bytes(b'{"question": "ok?", "golden_answers": ["a"]}\n{"question": "caf\xe9?", "golden_answers": ["b"]}\n')
+    path.write_bytes(b'{"question": "ok?", "golden_answers": ["a"]}\n'
+                     b'{"question": "caf\xe9?", "golden_answers": ["b"]}\n')
     with pytest.raises(QADataError, match=r"qa\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 18\)"):
         load_qa(path)
 
@@ -59,7 +60,8 @@ def test_invalid_json_names_file_line_and_the_column_in_that_line(tmp_path):
     with pytest.raises(QADataError, match=r"qa\.jsonl:2: invalid JSON \(Expecting ',' delimiter at column 43\)$"):
         load_qa(qa)
     corpus.write_text('{"id": 1, "contents": "a"}\n{"id": 2, "contents": "b"\n')
-    with pytest.raises(CorpusFormatError, match=r"corpus\.jsonl:2: invalid JSON \(Expecting ',' delimiter at column 26\)$"):
+    with pytest.raises(CorpusFormatError,
+                       match=r"corpus\.jsonl:2: invalid JSON \(Expecting ',' delimiter at column 26\)$"):
         load_corpus(corpus)
 
 
@@ -84,7 +86,8 @@ def test_over_long_questions_are_not_rolled_out_and_counted(tiny_policy, caplog)
     base = check_prompt_fits(tiny_policy.tokenizer, prompt, replace(cfg, max_total_tokens=4096))
     cfg = replace(cfg, max_total_tokens=base + 12)
     with caplog.at_level("WARNING"):
-        traj = rollout(tiny_policy, EchoRetriever(), ["Short?", "long " * 50 + "?"], [["a"], ["b"]], cfg, prompt, group_size=2)
+        traj = rollout(tiny_policy, EchoRetriever(), ["Short?", "long " * 50 + "?"], [["a"], ["b"]], cfg, prompt,
+                       group_size=2)
     assert traj.finish_reasons[2:] == ["prompt_too_long"] * 2 and "prompt_too_long" not in traj.finish_reasons[:2]
     assert "1 of 2 questions not rolled out" in caplog.text
 
@@ -152,7 +155,8 @@ def test_a_damaged_state_file_or_a_missing_checkpoint_is_named(tmp_path, smol_to
     dm = RetrievalDataModule(train_files=write_qa(tmp_path / "train.jsonl", 4, "t"), batch_size=2)
     run = tmp_path / "run"
     run.mkdir()
-    (run / STATE_FILE).write_text('{"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}')
+    state = {"round": 2, "phase": 0, "step_offset": 4, "grpo_batches": 2, "checkpoint": "round_1"}
+    (run / STATE_FILE).write_text(json.dumps(state))
     evolver = Evolver(make_tiny_policy(smol_tokenizer), dm, config=EvolverConfig(run_dir=str(run)))
     with pytest.raises(UserInputError, match="names checkpoint 'round_1', but .*round_1 does not exist"):
         evolver._maybe_resume()
@@ -185,7 +189,10 @@ def test_unwritable_run_dir_is_named(tmp_path):
 def test_checkpoint_of_another_model_gives_one_clear_error(tmp_path, smol_tokenizer):
     make_tiny_policy(smol_tokenizer, layers=2).model.save_pretrained(tmp_path / "ckpt")
     other = make_tiny_policy(smol_tokenizer, layers=3)
-    with pytest.raises(UserInputError, match=r"does not fit the policy: 9 tensors missing, 0 unexpected \(first: model.layers.2.self_attn.q_proj.weight\); was the run started with another policy.path"):
+    with pytest.raises(UserInputError,
+                       match=r"does not fit the policy: 9 tensors missing, 0 unexpected "
+                             r"\(first: model.layers.2.self_attn.q_proj.weight\); "
+                             r"was the run started with another policy.path"):
         other.load_weights(tmp_path / "ckpt")
 
 

@@ -121,7 +121,8 @@ class RetrievalDataModule(L.LightningDataModule):
         max_train_examples: Keep only the first N training questions (after concatenation).
         max_val_examples: Keep only the first N validation questions.
         shuffle: Shuffle the training questions each epoch.
-        seed: Seed of the training shuffle (same seed, same order); None = the run's seed (evolver.seed), 0 outside a run.
+        seed: Seed of the training shuffle (same seed,
+                                            same order); None = the run's seed (evolver.seed), 0 outside a run.
         num_workers: DataLoader worker processes (0 = load in the main process).
         eval_worlds: Held-out worlds evaluated beside the val split (their own QA files and
             retriever); each gets its own rows in val_table.csv and its own TensorBoard tags.
@@ -247,7 +248,8 @@ class RetrievalDataModule(L.LightningDataModule):
             if w.name in self._worlds:
                 continue
             examples = [example for path in w.files for example in load_qa(path)]
-            retriever = self.retriever if w.retriever is None else _build_retriever(w.retriever, progress=self._progress)
+            retriever = self.retriever if w.retriever is None else _build_retriever(w.retriever,
+                                                                                    progress=self._progress)
             self._worlds[w.name] = (examples, retriever)
             log.info("held-out world %s: %d questions from %d file(s)", w.name, len(examples), len(w.files))
 

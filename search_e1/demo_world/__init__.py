@@ -320,7 +320,8 @@ def corpus_title_words(corpus: str | Path) -> set[str]:
     return words
 
 
-def write_heldout_world(out_dir: str | Path, training_corpus: str | Path, seed: int = 1, size: int = 150) -> dict[str, Path]:
+def write_heldout_world(out_dir: str | Path, training_corpus: str | Path, seed: int = 1, size: int = 150) -> dict[str,
+                                                                                                                  Path]:
     """Write an evaluation-only world: ``corpus.jsonl``, ``eval.jsonl`` (all ``2 * size`` questions,
     half of each hop count) and ``world.json``, whose names share no word with the titles of
     ``training_corpus`` (`corpus_title_words`). Returns the paths keyed ``corpus``, ``eval``, ``world``."""

@@ -12,7 +12,8 @@ What: `create_app(retriever, ServeConfig(...))` builds a FastAPI app with
 `serve(retriever, cfg)` runs it with uvicorn (blocking); `ServiceThread` runs any ASGI app in a
 background thread (tests, a service inside the trainer's process).
 
-Batching: every request puts its queries on one asyncio queue (`search_e1.retrieval.batcher.MicroBatcher`). A single worker
+Batching: every request puts its queries on one asyncio queue
+(`search_e1.retrieval.batcher.MicroBatcher`). A single worker
 task takes the first waiting request, waits up to ``batch_wait_ms`` for more (or until
 ``max_batch_queries`` queries are waiting), de-duplicates the queries, calls ``retriever.search``
 ONCE with the largest ``topk`` of the batch in a worker thread (the event loop keeps accepting

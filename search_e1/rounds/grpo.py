@@ -49,7 +49,7 @@ from search_e1.config import check_range, plain
 from search_e1.distributed import any_rank, max_over_ranks
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
-from search_e1.rounds.base import OptimConfig, QuestionSource, RoundModule
+from search_e1.rounds.base import REFILL_STREAM, OptimConfig, QuestionSource, RoundModule, question_seed
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ class GRPOConfig:
     advantage: str = "grpo"
     """Advantage estimator: grpo (mean and std of the group) or grpo_no_std (Dr.GRPO: mean only)."""
     policy_loss: str = "ppo_clip"
-    """Policy loss: ppo_clip (token ratio; DAPO's clip-higher with clip_high > clip_low) or gspo (sequence ratio, clip 3e-4/4e-4)."""
+    """Policy loss: ppo_clip (token ratio; DAPO's clip-higher with clip_high > clip_low) or gspo (sequence ratio, clip
+    3e-4/4e-4)."""
     loss_agg: str = "token-mean"
     """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm (Dr.GRPO)."""
     loss_norm_tokens: int = 0
@@ -100,7 +101,8 @@ class GRPOConfig:
     recompute_old_logprobs: bool = True
     """Recompute old log-probs with a forward pass (else use the sampling log-probs)."""
     skip_zero_advantage: bool = True
-    """Skip the forward/backward of rows with advantage 0 when no KL or entropy term uses them (their gradient is exactly 0)."""
+    """Skip the forward/backward of rows with advantage 0 when no KL or entropy term uses them (their gradient is
+    exactly 0)."""
     log_text_every: int = 5
     """Log trajectories as TensorBoard text every N steps (rank 0); 0 disables."""
     log_text_samples: int = 2
@@ -111,7 +113,8 @@ class GRPOConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
-            raise ValueError("GRPOConfig.group_size must be >= 2: a group of one sample has advantage 0, so no gradient")
+            raise ValueError("GRPOConfig.group_size must be >= 2: a group of one sample has advantage 0, "
+                             "so no gradient")
         check_range(self, at_least=dict.fromkeys(("kl_coef", "clip_low", "clip_high", "llds_coef", "entropy_coef",
                                                   "loss_norm_tokens", "dynamic_sampling_max_rollouts",
                                                   "mini_batch_size", "log_text_every", "log_text_samples"), 0))
@@ -229,7 +232,7 @@ class GRPOModule(RoundModule):
         while (self.question_source is not None and rollouts < c.dynamic_sampling_max_rollouts
                and any_rank(kept() < n_questions)):  # every rank rolls out as often (collectives)
             rollouts += 1
-            fresh = self.question_source(n_questions, 1_000_003 * (self.log_step + 1) + rollouts)
+            fresh = self.question_source(n_questions, question_seed(self.log_step, rollouts, REFILL_STREAM))
             more = self.rollout_questions([q for q, _ in fresh], [a for _, a in fresh], c.group_size)
             parts.append(more.select(torch.nonzero(mixed_group_rows(more.rewards, more.group_ids)).flatten().cpu()))
         n_kept = kept()

@@ -54,7 +54,6 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from search_e1.algos import (
-    agg_loss,
     get_distill_loss,
     get_sibling_selector,
     make_teacher_targets,
@@ -64,7 +63,14 @@ from search_e1.config import plain
 from search_e1.distributed import rank_world
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
-from search_e1.rounds.base import OptimConfig, QuestionSource, RoundModule
+from search_e1.rounds.base import (
+    REFRESH_STREAM,
+    OptimConfig,
+    QuestionSource,
+    RoundModule,
+    question_seed,
+    token_mean_backward,
+)
 from search_e1.rounds.ofsd_data import (
     DISTILL_TOKENS,
     ELIDED,
@@ -111,21 +117,27 @@ class OFSDConfig:
     jsd_beta: float = 0.5
     """jsd only: the mixture weight beta of the generalised JSD (0 < beta < 1; 0.5 = symmetric)."""
     tokens: str = "all"
-    """Where the loss applies: all (every sampled token) or queries (only the tokens of search queries, as SD-Search)."""
+    """Where the loss applies: all (every sampled token) or queries (only the tokens of search queries, as
+    SD-Search)."""
     teacher_topk: int = 0
     """Teacher tokens kept per position by forward_kl_topk (0 with forward_kl)."""
     temperature: float = 1.0
     """Softmax temperature of teacher and student in the loss."""
     sibling_selector: str = "most_efficient"
-    """Sibling shown to the teacher: most_efficient (correct, strictly cheaper) or correct_then_cheaper (wrong rows: any correct)."""
+    """Sibling shown to the teacher: most_efficient (correct, strictly cheaper) or correct_then_cheaper (wrong rows:
+    any correct)."""
     teacher_view: str = "elided"
-    """What the teacher sees of the sibling: elided (its turns, documents elided), documents (with them), queries (its searches only), answer (its answer only)."""
+    """What the teacher sees of the sibling: elided (its turns, documents elided), documents (with them), queries (its
+    searches only), answer (its answer only)."""
     privileged: str = "sibling"
-    """The privileged block shows: sibling (the chosen sibling, the method) or placebo (a correct trajectory of another question: a control)."""
+    """The privileged block shows: sibling (the chosen sibling, the method) or placebo (a correct trajectory of another
+    question: a control)."""
     objective: str = "distill"
-    """What is trained: distill (the divergence to the privileged teacher, the method) or rft (NLL on each chosen sibling's trajectory: a control)."""
+    """What is trained: distill (the divergence to the privileged teacher, the method) or rft (NLL on each chosen
+    sibling's trajectory: a control)."""
     refresh_every: int = 0
-    """Data schedule: 0 = offline, one data set per round; N = on-policy, a fresh data set from the current policy every N optimiser steps."""
+    """Data schedule: 0 = offline, one data set per round; N = on-policy, a fresh data set from the current policy
+    every N optimiser steps."""
     privileged_template: str = PRIVILEGED_TEMPLATE
     """Text appended to the teacher's last user message; {sibling} is replaced by the sibling."""
     max_epochs: float = 1.0
@@ -141,7 +153,8 @@ class OFSDConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"OFSDConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
-            raise ValueError("OFSDConfig.group_size must be >= 2: a trajectory's sibling is another sample of its question")
+            raise ValueError("OFSDConfig.group_size must be >= 2: a trajectory's sibling is another sample "
+                             "of its question")
         if self.max_epochs <= 0:
             raise ValueError(f"OFSDConfig.max_epochs must be > 0, got {self.max_epochs}")
         if "{sibling}" not in self.privileged_template:
@@ -334,7 +347,8 @@ class OFSDModule(RoundModule):
         sums = dict.fromkeys(("", "_queries", "_rest"), 0.0)
         counts = dict.fromkeys(sums, 0.0)
         for start in range(0, len(subset), self.config.micro_batch_size):
-            batch = collate_examples(subset[start : start + self.config.micro_batch_size], self.policy.tokenizer.pad_token_id)
+            batch = collate_examples(subset[start : start + self.config.micro_batch_size],
+                                     self.policy.tokenizer.pad_token_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             per_token, mask = self._per_token_kl(batch)  # [b, R], [b, R]
             q = batch["query_mask"] * mask  # [b, R]
@@ -404,21 +418,18 @@ class OFSDModule(RoundModule):
         step = int(step)
         if c.refresh_every and step > 0 and step % c.refresh_every == 0:  # on-policy: a fresh data set
             source = self.question_source
-            questions = source(c.num_questions, 7919 * (self.log_step + 1)) if source is not None else self.questions
+            seed = question_seed(self.log_step, 0, REFRESH_STREAM)
+            questions = source(c.num_questions, seed) if source is not None else self.questions
             self._build_data(questions, step)
         batch = self.batch(step)
         if batch is None:
             self.empty_steps += 1
             return
         n_tokens = float(batch["response_mask"].sum().clamp(min=1.0))
-        total = 0.0
         per_token_loss = self._per_token_nll if c.objective == "rft" else self._per_token_kl
-        for idx in torch.arange(batch["response_mask"].shape[0]).split(c.micro_batch_size):
-            micro = {k: v[idx] for k, v in batch.items()}
-            per_token, mask = per_token_loss(micro)  # [b, R]
-            loss = agg_loss(per_token, mask, "token-mean", num_tokens=n_tokens)
-            self.manual_backward(loss)
-            total += float(loss.detach())
+        total = token_mean_backward(batch["response_mask"].shape[0], c.micro_batch_size,
+                                    lambda rows: per_token_loss({k: v[rows] for k, v in batch.items()}),  # [b, R]
+                                    self.manual_backward, n_tokens)
         grad_norm = self.optimizer_step_clipped()
         stats = {"distill_loss": total, "tokens": n_tokens, "grad_norm": grad_norm, "lr": self.current_lr}
         self.record_step(stats)

@@ -46,7 +46,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from search_e1.algos import agg_loss
 from search_e1.config import plain
 from search_e1.data import iter_jsonl
 from search_e1.distributed import rank_world
@@ -54,7 +53,7 @@ from search_e1.errors import UserInputError
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
 from search_e1.rollout import Renderer, RolloutConfig, Segment, Trajectory
-from search_e1.rounds.base import OptimConfig, RoundModule
+from search_e1.rounds.base import OptimConfig, RoundModule, token_mean_backward
 
 _ROLES = ("system", "user", "assistant")
 
@@ -80,7 +79,8 @@ class WarmupConfig:
     max_examples: int = 0
     """Use only the first N demonstrations of the file; 0 = all."""
     seed: int | None = None
-    """Seed of the order in which demonstrations are drawn (a fresh permutation per pass); None = the run's seed (evolver.seed), 0 outside a run."""
+    """Seed of the order in which demonstrations are drawn (a fresh permutation per pass); None = the run's seed
+    (evolver.seed), 0 outside a run."""
 
     def __post_init__(self) -> None:
         if self.demonstrations is not None and not str(self.demonstrations).strip():
@@ -219,17 +219,17 @@ def nll_backward(
     """
     mask = batch["loss_mask"]  # [B, L]
     n_tokens = float(mask.sum().clamp(min=1.0))
-    total = 0.0
-    for idx in torch.arange(mask.shape[0], device=mask.device).split(micro_batch_size):
+
+    def nll(idx: Tensor) -> tuple[Tensor, Tensor]:
+        idx = idx.to(mask.device)
         attention = batch["attention_mask"][idx]  # [b, L]
         width = int(attention.sum(-1).max())  # right-padded: drop columns that are padding everywhere
         m = mask[idx, :width]  # [b, W]
         lp, _ = policy.token_logprobs(batch["input_ids"][idx, :width], attention[:, :width], m,
                                       start=int(batch["prompt_lengths"][idx].min()))  # [b, W]
-        loss = agg_loss(-lp, m, "token-mean", num_tokens=n_tokens)
-        backward(loss)
-        total += float(loss.detach())
-    return total, n_tokens
+        return -lp, m
+
+    return token_mean_backward(mask.shape[0], micro_batch_size, nll, backward, n_tokens), n_tokens
 
 
 @torch.no_grad()
