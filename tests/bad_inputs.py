@@ -286,7 +286,12 @@ def _env(pythonpath: str | None = None) -> dict[str, str]:
     return env
 
 
-def _cli(argv: list[str], pythonpath: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+REFUSAL_SECONDS = 300
+"""A case still running after this long went on with the long work instead of refusing: ``silent wrong``."""
+
+
+def _cli(argv: list[str], pythonpath: str | None = None,
+         timeout: float = REFUSAL_SECONDS) -> subprocess.CompletedProcess:
     # run from the checkout itself: ``-m`` puts the working directory first on sys.path
     return subprocess.run([sys.executable, "-m", "search_e1.cli", *argv], capture_output=True, text=True,
                           timeout=timeout, env=_env(pythonpath), cwd=pythonpath or ROOT)
@@ -310,7 +315,14 @@ def run_case(case: Case, scratch: Path, pythonpath: str | None = None) -> tuple[
     """Run ``case`` in ``scratch`` (its files made first) and classify the outcome."""
     if case.setup is not None:
         case.setup(scratch)
-    proc = _cli(expand(case.argv, scratch, Path(pythonpath or ROOT)), pythonpath)
+    argv = expand(case.argv, scratch, Path(pythonpath or ROOT))
+    try:
+        proc = _cli(argv, pythonpath, REFUSAL_SECONDS)
+    except subprocess.TimeoutExpired as exc:  # no refusal: the run went on (training, serving...)
+        out = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
+        proc = subprocess.CompletedProcess(exc.cmd, 0, out(exc.stdout), out(exc.stderr) + f"\n[still running after "
+                                           f"{REFUSAL_SECONDS} s: stopped]")
+        return ("silent wrong" if case.refuse else classify(case, proc)), proc
     return classify(case, proc), proc
 
 
@@ -337,10 +349,14 @@ def classify(case: Case, proc: subprocess.CompletedProcess) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
+    global REFUSAL_SECONDS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pythonpath", default=None, help="a checkout whose search_e1 to run (default: the installed one)")
     ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--timeout", type=float, default=REFUSAL_SECONDS,
+                    help="seconds after which a case that owes a refusal counts as silent wrong")
     args = ap.parse_args(argv)
+    REFUSAL_SECONDS = args.timeout
     counts: dict[str, int] = {}
     failures = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,6 +55,20 @@ def _rss_kb() -> tuple[int, int]:
         return 0, 0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_engine_outlives_its_module():
+    """A vLLM engine built by a test module is shut down when the module ends, and the heap's free
+    pages go back to the OS: the next module does not carry the engine's weights and KV pages."""
+    yield
+    import sys
+
+    if "search_e1.rollout.vllm_backend" in sys.modules:
+        sys.modules["search_e1.rollout.vllm_backend"].shutdown_engines()
+    from search_e1.memory import release_memory
+
+    release_memory()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """With ``SEARCH_E1_TEST_RSS=FILE``, append each test's RSS after it ran and the peak so far (kB,
