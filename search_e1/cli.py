@@ -421,9 +421,9 @@ def run_evaluate(parser: Any, cfg: Any) -> dict[str, dict[str, float]]:
             results[key] = {**res["all"], **{f"em_{k.removesuffix('-hop')}hop": v["em"] for k, v in res.items()
                                              if k.endswith("-hop")}}
     files = list(results.values())
+    means = ("em", "f1", "searches", "tokens")
     results["average"] = {"n": sum(r["n"] for r in files),
-                          **{f: sum(r[f] for r in files) / max(len(files), 1) for f in ("em", "f1", "searches",
-                                                                                        "tokens")}}
+                          **{f: sum(r[f] for r in files) / max(len(files), 1) for f in means}}
     _print_table(results, f"{cfg.split} ({policy_cfg.path})")
     return results
 
@@ -509,8 +509,8 @@ def parse_error_line(message: str) -> str:
     if literal:
         reason = f"expected one of {literal.group(1)}, got {literal.group(2)!r}"
     else:
-        reason = re.sub(r"<class '(\w+)'>", r"\1", reason).replace("Expected", "expected").replace(". Got value:",
-                                                                                                   ", got")
+        reason = re.sub(r"<class '(\w+)'>", r"\1", reason).replace("Expected", "expected")
+        reason = reason.replace(". Got value:", ", got")
         reason = reason.replace("expected a int", "expected an int").replace(", got None", ", got null")
     return f"{key}: {reason}"
 

@@ -16,6 +16,17 @@ class UserInputError(ValueError):
     """Bad user input; the message names the file/field/line and what was expected."""
 
 
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line report (``default``, else the
+    exception's type name, when the message is empty).
+
+    >>> first_line(ValueError("bad header\\nat byte 8")), first_line(EOFError())
+    ('bad header', 'EOFError')
+    """
+    text = str(err).strip()
+    return text.splitlines()[0] if text else (default or type(err).__name__)
+
+
 @contextmanager
 def writing(target: Path, tmp: Path) -> Iterator[None]:
     """An error while writing ``target`` through ``tmp`` (full disk, read-only directory) becomes a

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from search_e1.errors import UserInputError
+from search_e1.errors import UserInputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
     except (ValueError, OSError, EOFError, struct.error, IndexError, KeyError) as err:
         raise PolicyLoadError(f"{gguf_path}: cannot read it as a GGUF model ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'truncated?'}); the file is damaged or "
+                              f"{first_line(err, 'truncated?')}); the file is damaged or "
                               "truncated: download or copy it again") from None
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -174,7 +174,7 @@ def _load_hf(p: Path, cfg: PolicyConfig) -> tuple[nn.Module, Any]:
         try:
             hf_config = AutoConfig.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError) as err:
-            raise PolicyLoadError(f"{p / 'config.json'} is not a readable model config ({str(err).splitlines()[0]}); "
+            raise PolicyLoadError(f"{p / 'config.json'} is not a readable model config ({first_line(err)}); "
                                   "the directory is damaged: copy or convert the model again") from None
         archs = getattr(hf_config, "architectures", None) or []
         if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
@@ -188,8 +188,7 @@ def _load_hf(p: Path, cfg: PolicyConfig) -> tuple[nn.Module, Any]:
         raise PolicyLoadError(f"{p}: its weights (model.safetensors) are damaged or truncated ({err}); copy, "
                               "download or convert the model again") from None
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PolicyLoadError(f"could not load a causal LM from {p}: {first}") from None
+        raise PolicyLoadError(f"could not load a causal LM from {p}: {first_line(err)}") from None
     return model, tokenizer
 
 

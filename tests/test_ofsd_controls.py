@@ -61,7 +61,7 @@ def test_sibling_cases_and_rft_examples(smol_tokenizer):
     assert 0 < sum(correct) < 4
     j = correct.index(True)
     siblings = torch.tensor([j if (not c) else -1 for c in correct])  # the wrong rows learn from row j
-    assert sibling_cases(traj, siblings) == {"cheaper": 0, "wrong_row": 4 - sum(correct)}
+    assert sibling_cases(traj.rewards >= 1, siblings) == {"cheaper": 0, "wrong_row": 4 - sum(correct)}
     examples = rft_examples(traj, siblings)
     assert len(examples) == 4 - sum(correct)
     start, end = int(traj.prompt_lengths[j]), int(traj.attention_mask[j].sum())

@@ -84,6 +84,10 @@ class IndexFileError(UserInputError):
     """An index file or its ``meta.json`` that cannot be read (damaged, truncated, another format)."""
 
 
+_REBUILD = "rebuild the index: search-e1 index --corpus <corpus.jsonl> --out "
+"""How an `IndexFileError` message ends (then the index directory)."""
+
+
 class IndexMismatchError(UserInputError):
     """An index does not belong to this corpus, encoder or set of shards."""
 
@@ -201,8 +205,7 @@ def load_index(path: str | Path, mmap: bool = False) -> faiss.Index:
         return faiss.read_index(str(path), flags)
     except RuntimeError as err:  # faiss's C++ exception: the file is truncated or not an index
         reason = str(err).strip().splitlines()[-1][:120] if str(err).strip() else "unreadable"
-        raise IndexFileError(f"{path} is damaged or not a faiss index ({reason}); rebuild it: "
-                             f"search-e1 index --corpus <corpus.jsonl> --out {path.parent}") from None
+        raise IndexFileError(f"{path} is damaged or not a faiss index ({reason}); {_REBUILD}{path.parent}") from None
 
 
 def apply_search_params(index: faiss.Index, cfg: IndexConfig) -> list[str]:
@@ -271,11 +274,9 @@ def read_meta(index_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexFileError(f"{path} is damaged ({err}); rebuild the index: "
-                             f"search-e1 index --corpus <corpus.jsonl> --out {path.parent}") from None
+        raise IndexFileError(f"{path} is damaged ({err}); {_REBUILD}{path.parent}") from None
     if not isinstance(meta, dict):
-        raise IndexFileError(f"{path} is damaged (not a JSON object); rebuild the index: "
-                             f"search-e1 index --corpus <corpus.jsonl> --out {path.parent}")
+        raise IndexFileError(f"{path} is damaged (not a JSON object); {_REBUILD}{path.parent}")
     return meta
 
 

@@ -458,8 +458,9 @@ def open_corpus_store(
         meta = _read_store_meta(out)
         if not src.is_file():
             return CorpusStore(out)
-        stamp = _source_stamp(src)
-        if all(meta.get(k) == stamp[k] for k in ("source_size", "source_mtime_ns", "source_digest")):
+        st = src.stat()  # size and mtime first: the digest reads the file, and only a match needs it
+        if (meta.get("source_size"), meta.get("source_mtime_ns")) == (st.st_size, st.st_mtime_ns) \
+                and meta.get("source_digest") == source_digest(src):
             return CorpusStore(out)
         log.warning("%s changed since it was converted into %s: converting it again", src, out)
     return convert_corpus(src, out, progress)

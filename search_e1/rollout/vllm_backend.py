@@ -182,7 +182,7 @@ class VLLMEngine:
                 from vllm import LLM
 
                 log.info("starting the vLLM engine (%s, %s, kv cache %.1f GiB, %d threads)", source.name,
-                         kwargs["dtype"], c.kv_cache_gb, threads)
+                         dtype, c.kv_cache_gb, threads)
                 llm = LLM(model=str(source), tokenizer=str(source), **kwargs)
         finally:
             if not fresh:

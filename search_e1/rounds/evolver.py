@@ -65,7 +65,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from search_e1.config import check_range
 from search_e1.data import TRAIN_WORLD, RetrievalDataModule
 from search_e1.distributed import is_distributed
-from search_e1.errors import UserInputError, writing
+from search_e1.errors import UserInputError, first_line, writing
 from search_e1.memory import peak_rss_gb, release_memory, rss_gb, set_mmap_threshold
 from search_e1.policy import Policy
 from search_e1.rollout import SearchEnv
@@ -337,10 +337,9 @@ class Evolver:
         try:
             self._trainer()
         except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserInputError(f"invalid trainer settings (accelerator {self.trainer_kwargs.get('accelerator')!r}, "
                                  f"devices {self.trainer_kwargs.get('devices')!r}, strategy "
-                                 f"{self.trainer_kwargs.get('strategy', 'auto')!r}): {first}") from None
+                                 f"{self.trainer_kwargs.get('strategy', 'auto')!r}): {first_line(err)}") from None
         finally:
             quiet.setLevel(level)
 
@@ -612,7 +611,7 @@ def read_state(path: Path) -> dict[str, Any]:
              if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)), None)
         if why is None and not 0 <= state["phase"] < len(PHASES):
             why = f"phase {state['phase']} out of range"
-    if why is not None or state is None:
+    if why is not None:
         raise UserInputError(f"{path} is damaged ({why}): the run cannot tell where it stopped; move the run "
                              "directory away and start over, or restore the file from a backup")
     return state

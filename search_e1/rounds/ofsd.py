@@ -272,7 +272,7 @@ class OFSDModule(RoundModule):
         correct = traj.rewards >= 1.0  # [N]
         siblings = get_sibling_selector(c.sibling_selector)(
             traj.group_ids, correct, traj.num_searches, traj.response_lengths)  # [N]
-        self.summary = {"trajectories": len(traj), **sibling_cases(traj, siblings)}
+        self.summary = {"trajectories": len(traj), **sibling_cases(correct, siblings)}
         shown = siblings
         if c.privileged == "placebo":
             gen = torch.Generator().manual_seed(int(self.log_step) + step)

@@ -143,13 +143,12 @@ def rft_examples(traj: Trajectory, siblings: torch.Tensor) -> list[DistillExampl
     return examples
 
 
-def sibling_cases(traj: Trajectory, siblings: torch.Tensor) -> dict[str, int]:
-    """How the rows with a sibling got it: ``cheaper`` (the row is correct and the sibling cheaper)
-    or ``wrong_row`` (the row is wrong and the sibling correct)."""
-    correct = (traj.rewards >= 1.0).tolist()  # [N]
-    rows = [i for i, j in enumerate(siblings.tolist()) if j >= 0]
-    cheaper = sum(bool(correct[i]) for i in rows)
-    return {"cheaper": cheaper, "wrong_row": len(rows) - cheaper}
+def sibling_cases(correct: torch.Tensor, siblings: torch.Tensor) -> dict[str, int]:
+    """How the rows with a sibling got it (``correct``: ``[N]`` bool per row): ``cheaper`` (the row
+    is correct and the sibling cheaper) or ``wrong_row`` (the row is wrong and the sibling correct)."""
+    has = siblings >= 0  # [N]
+    cheaper = int((correct.bool() & has).sum())
+    return {"cheaper": cheaper, "wrong_row": int(has.sum()) - cheaper}
 
 
 def _query_mask(traj: Trajectory, i: int, tokenizer: Any) -> list[float]:
