@@ -13,13 +13,15 @@ the all-gathers inside FSDP deadlock: `any_rank` and `max_over_ranks` let the en
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -31,6 +33,13 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def rank_share(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items``: every ``world``-th item from position ``rank`` (all of them when
+    not distributed). The ranks' shares are disjoint and cover ``items``; sizes differ by at most one."""
+    rank, world = rank_world()
+    return list(items[rank::world])
 
 
 def max_over_ranks(value: int) -> int:

@@ -26,7 +26,9 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -311,19 +313,13 @@ class Policy(nn.Module):
         if loss_mask is not None:
             keep &= loss_mask != 0
         b, t = keep.nonzero(as_tuple=True)  # [M], [M]: scored positions
-        lps, ents = [], []
-        for c in range(0, b.numel(), chunk_size):
-            bc, tc = b[c : c + chunk_size], t[c : c + chunk_size]  # [n]
-            lp, ent = checkpoint(_score_chunk, self, hidden[bc, tc - 1], input_ids[bc, tc], temperature,
-                                 with_entropy, use_reentrant=False)
-            lps.append(lp)
-            ents.append(ent)
-        logprobs = _scatter(lps, b, t, input_ids.shape, hidden)  # [B, T]
-        entropy = _scatter(ents, b, t, input_ids.shape, hidden) if with_entropy else None
+        score = partial(_score_chunk, self, temperature=temperature, with_entropy=with_entropy)
+        logprobs, entropy = at_positions(score, (b, t), input_ids.shape, (hidden[b, t - 1], input_ids[b, t]),
+                                         chunk_size, outputs=2)  # [B, T] each
         if loss_mask is not None:
             logprobs = logprobs * loss_mask
-            entropy = entropy * loss_mask if entropy is not None else None
-        return logprobs, entropy
+            entropy = entropy * loss_mask
+        return logprobs, entropy if with_entropy else None
 
     # ---------------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path) -> None:
@@ -370,12 +366,23 @@ def _score_chunk(policy: Policy, hidden: Tensor, targets: Tensor, temperature: f
     return lp, ent if ent is not None else torch.zeros_like(lp)
 
 
-def _scatter(chunks: list[Tensor], b: Tensor, t: Tensor, shape: torch.Size, like: Tensor) -> Tensor:
-    """Place per-position values (concatenated ``chunks``) at ``(b, t)`` of a zero ``[B, T]`` tensor."""
-    out = torch.zeros(shape, dtype=torch.float32, device=like.device)  # [B, T]
-    if chunks:
-        out = out.index_put((b, t), torch.cat(chunks).float())
-    return out
+def at_positions(fn: Callable[..., Tensor | tuple[Tensor, ...]], positions: tuple[Tensor, Tensor], shape: torch.Size,
+                 inputs: tuple[Tensor, ...], chunk_size: int, outputs: int = 1) -> list[Tensor]:
+    """``fn`` evaluated at ``M`` positions ``(b, t)`` of a ``[B, T]`` grid, ``chunk_size`` positions at a
+    time under activation checkpointing, each output scattered into a zero float32 ``[B, T]`` tensor.
+
+    ``inputs`` hold one row per position (``[M, ...]``); ``fn`` maps a chunk of them to ``outputs``
+    tensors of ``[n]`` values. The vocabulary projection of the chunked scorers runs inside ``fn``, so
+    no ``[B, T, V]`` tensor exists and autograd keeps only ``inputs``, recomputing a chunk's
+    ``[n, V]`` logits in backward (`Policy.token_logprobs`, `search_e1.rounds.ofsd.chunked_distill`)."""
+    b, t = positions
+    parts: list[list[Tensor]] = [[] for _ in range(outputs)]
+    for c in range(0, b.numel(), chunk_size):
+        out = checkpoint(fn, *(x[c : c + chunk_size] for x in inputs), use_reentrant=False)
+        for part, value in zip(parts, out if isinstance(out, tuple) else (out,), strict=True):
+            part.append(value)
+    grid = [torch.zeros(shape, dtype=torch.float32, device=b.device) for _ in range(outputs)]  # [B, T] each
+    return [g.index_put((b, t), torch.cat(p).float()) if p else g for g, p in zip(grid, parts, strict=True)]
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:

@@ -92,3 +92,27 @@ def test_chunked_distillation_equals_whole_response(tiny_policy):
         assert (fast - ref).abs().max().item() <= 1e-5, loss
         assert (fast[:, 2:4] == 0).all() and (fast[:, :2] > 0).all()
         _assert_grads_close(policy, ref_grads)
+
+
+def test_at_positions_scatters_each_output_and_handles_no_positions():
+    """`at_positions` evaluates per chunk and scatters every output to its ``(b, t)``; with no
+    position it returns zero grids of the asked number of outputs (a batch whose rows are all masked)."""
+    from search_e1.policy import at_positions
+
+    b, t = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 3, 0, 2, 4])  # [M = 5]
+    values = torch.arange(5.0, requires_grad=True)  # [M]
+    calls = []
+
+    def fn(v):
+        calls.append(v.numel())
+        return v * 2, v + 1
+
+    doubled, plus_one = at_positions(fn, (b, t), torch.Size([3, 5]), (values,), chunk_size=2, outputs=2)
+    assert calls[:3] == [2, 2, 1]  # three chunks (checkpointing may call again in backward)
+    assert doubled[b, t].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0] and plus_one[b, t].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert doubled.sum().item() == 20.0 and plus_one.sum().item() == 15.0  # zeros everywhere else
+    doubled.sum().backward()
+    assert values.grad.tolist() == [2.0] * 5
+    empty = torch.tensor([], dtype=torch.long)
+    grids = at_positions(fn, (empty, empty), torch.Size([2, 3]), (values[:0],), chunk_size=2, outputs=2)
+    assert len(grids) == 2 and all(g.shape == (2, 3) and not g.any() for g in grids)

@@ -102,6 +102,22 @@ def test_teacher_views_of_the_sibling(sibling_traj, smol_tokenizer):
     assert render_sibling(traj, 1, smol_tokenizer, "queries") == ""  # it never searched
 
 
+def test_a_registered_teacher_view_is_what_the_teacher_sees(sibling_traj, smol_tokenizer):
+    """Another project adds a view by name (`SIBLING_VIEWS`); build_examples puts it in the teacher prompt."""
+    from search_e1.rounds.ofsd_data import SIBLING_VIEWS, build_examples
+
+    _, traj = sibling_traj
+    SIBLING_VIEWS.register("shout")(lambda t, i, tok: f"THE ANSWER IS {t.answers[i].upper()}")
+    try:
+        examples = build_examples(traj, torch.tensor([1, -1]), smol_tokenizer, SearchEnv().prompt, "shout")
+    finally:
+        del SIBLING_VIEWS["shout"]
+    assert len(examples) == 1
+    assert "THE ANSWER IS TALMOR" in smol_tokenizer.decode(examples[0].teacher_ids)
+    with pytest.raises(ValueError, match="unknown teacher view 'shout'"):
+        render_sibling(traj, 0, smol_tokenizer, "shout")
+
+
 def test_query_token_mask_covers_exactly_the_query(smol_tokenizer):
     ids = smol_tokenizer("<think>hm</think><search> where is a </search>", add_special_tokens=False)["input_ids"]
     mask = query_token_mask(ids, smol_tokenizer)

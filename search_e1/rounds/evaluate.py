@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from search_e1.distributed import is_distributed, max_over_ranks, rank_world
+from search_e1.distributed import is_distributed, max_over_ranks, rank_share, rank_world
 from search_e1.metrics import QAMetric
 from search_e1.progress import progress_bar
 from search_e1.rewards import exact_match, f1_score
@@ -63,8 +63,8 @@ def evaluate_policy(
     metrics = {s: QAMetric().to(device) for s in names}
     for m in metrics.values():  # a rank may hold no question of a group: it still counts as updated
         m.update([], [])
-    rank, world = rank_world()
-    mine = list(range(rank, len(examples), world))
+    rank = rank_world()[0]
+    mine = rank_share(range(len(examples)))
     n_batches = max_over_ranks(-(-len(mine) // batch_size))
     local: list[tuple[int, dict[str, Any]]] = []
     with progress_bar(n_batches, description, progress and rank == 0, unit="batches", transient=True) as advance:

@@ -39,6 +39,7 @@ from ``num_questions`` training questions.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -50,7 +51,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from search_e1.algos import (
@@ -60,8 +60,9 @@ from search_e1.algos import (
     placebo_siblings,
 )
 from search_e1.config import plain
-from search_e1.distributed import rank_world
-from search_e1.policy import Policy
+from search_e1.distributed import rank_share, rank_world
+from search_e1.policy import Policy, at_positions
+from search_e1.registry import Registry
 from search_e1.rollout import SearchEnv, Trajectory, rollout_stats
 from search_e1.rounds.base import (
     REFRESH_STREAM,
@@ -93,10 +94,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRIVILEGED = ("sibling", "placebo")
-"""What the privileged block shows (`OFSDConfig.privileged`)."""
-OBJECTIVES = ("distill", "rft")
-"""What the round trains (`OFSDConfig.objective`)."""
+PrivilegedContext = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+PRIVILEGED_CONTEXTS: Registry[PrivilegedContext] = Registry("privileged context")
+"""``OFSDConfig.privileged`` -> ``(group_ids, siblings, correct, generator) -> shown [N]``: the row whose
+trajectory each row's teacher is shown (-1: no example for that row)."""
+PRIVILEGED_CONTEXTS.register("sibling")(lambda group_ids, siblings, correct, generator: siblings)
+PRIVILEGED_CONTEXTS.register("placebo")(placebo_siblings)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What an OFSD round trains (`OBJECTIVES`)."""
+
+    examples: Callable[[list[DistillExample], Trajectory, torch.Tensor], list[DistillExample]]
+    """``(teacher/student pairs, trajectories, chosen siblings [N]) -> the examples trained``."""
+    per_token_loss: Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+    """``(module, batch) -> (loss [B, R], mask [B, R])``."""
+
+
+OBJECTIVES: Registry[Any] = Registry("OFSD objective")
+"""``OFSDConfig.objective`` -> its `Objective` (filled below `OFSDModule`, whose methods they use)."""
 
 @dataclass
 class OFSDConfig:
@@ -169,10 +186,11 @@ class OFSDConfig:
             raise ValueError(f"OFSDConfig.teacher_view: expected one of {TEACHER_VIEWS}, got {self.teacher_view!r}")
         if self.refresh_every < 0:
             raise ValueError(f"OFSDConfig.refresh_every must be >= 0, got {self.refresh_every}")
-        if self.privileged not in PRIVILEGED:
-            raise ValueError(f"OFSDConfig.privileged: expected one of {PRIVILEGED}, got {self.privileged!r}")
+        if self.privileged not in PRIVILEGED_CONTEXTS:
+            raise ValueError(f"OFSDConfig.privileged: expected one of {tuple(PRIVILEGED_CONTEXTS)}, "
+                             f"got {self.privileged!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"OFSDConfig.objective: expected one of {OBJECTIVES}, got {self.objective!r}")
+            raise ValueError(f"OFSDConfig.objective: expected one of {tuple(OBJECTIVES)}, got {self.objective!r}")
         for name, getter in (("loss", get_distill_loss), ("sibling_selector", get_sibling_selector)):
             try:
                 getter(getattr(self, name))
@@ -194,9 +212,9 @@ def response_hidden(policy: Policy, ids: torch.Tensor, attention: torch.Tensor, 
 
 
 def distill_loss_fn(cfg: OFSDConfig) -> Callable[..., torch.Tensor]:
-    """The registered divergence ``cfg.loss`` (``jsd`` with ``cfg.jsd_beta``)."""
+    """The registered divergence ``cfg.loss``; one that takes ``beta`` (``jsd``) gets ``cfg.jsd_beta``."""
     fn = get_distill_loss(cfg.loss)
-    return partial(fn, beta=cfg.jsd_beta) if cfg.loss == "jsd" else fn
+    return partial(fn, beta=cfg.jsd_beta) if "beta" in inspect.signature(fn).parameters else fn
 
 
 def chunked_distill(policy: Policy, batch: dict[str, torch.Tensor], loss: str | Callable[..., torch.Tensor],
@@ -219,11 +237,7 @@ def chunked_distill(policy: Policy, batch: dict[str, torch.Tensor], loss: str | 
                                            temperature=temperature)  # over [1, n, V]
         return loss_fn(policy.project(s_hidden)[None], targets, None)[0]  # [n]
 
-    parts = [checkpoint(chunk_loss, student[b[c : c + chunk_size], t[c : c + chunk_size]],
-                        teacher[b[c : c + chunk_size], t[c : c + chunk_size]], use_reentrant=False)
-             for c in range(0, b.numel(), chunk_size)]
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [B, R]
-    return out.index_put((b, t), torch.cat(parts).float()) if parts else out
+    return at_positions(chunk_loss, (b, t), mask.shape, (student[b, t], teacher[b, t]), chunk_size)[0]  # [B, R]
 
 
 class OFSDModule(RoundModule):
@@ -273,14 +287,12 @@ class OFSDModule(RoundModule):
         siblings = get_sibling_selector(c.sibling_selector)(
             traj.group_ids, correct, traj.num_searches, traj.response_lengths)  # [N]
         self.summary = {"trajectories": len(traj), **sibling_cases(correct, siblings)}
-        shown = siblings
-        if c.privileged == "placebo":
-            gen = torch.Generator().manual_seed(int(self.log_step) + step)
-            shown = placebo_siblings(traj.group_ids, siblings, correct, generator=gen)  # [N]
-            self.summary["placebo_missing"] = int(((siblings >= 0) & (shown < 0)).sum())
+        gen = torch.Generator().manual_seed(int(self.log_step) + step)
+        shown = PRIVILEGED_CONTEXTS.get(c.privileged)(traj.group_ids, siblings, correct, gen)  # [N]
+        self.summary["placebo_missing"] = int(((siblings >= 0) & (shown < 0)).sum())
         self.pairs = build_examples(traj, shown, self.policy.tokenizer, self.env.prompt, c.teacher_view,
                                     c.privileged_template, c.tokens)
-        self.examples = rft_examples(traj, siblings) if c.objective == "rft" else self.pairs
+        self.examples = OBJECTIVES.get(c.objective).examples(self.pairs, traj, siblings)
         self._data_start = step
         self._save_dataset(traj, siblings, shown, step)
         self._log_data(traj, siblings, step)
@@ -288,7 +300,7 @@ class OFSDModule(RoundModule):
     def _rollout_round(self, questions: list[tuple[str, list[str]]]) -> Trajectory:
         """Roll out this rank's share of the questions; all ranks then hold every trajectory."""
         rank, world = rank_world()
-        mine = questions[rank::world]
+        mine = rank_share(questions)
         traj = self.rollout_questions([q for q, _ in mine], [g for _, g in mine], self.config.group_size)
         if world == 1:
             return traj.to("cpu")
@@ -384,8 +396,7 @@ class OFSDModule(RoundModule):
         hi = min(lo + c.batch_size, self._data_items())
         if lo >= hi:
             return None
-        rank, world = rank_world()
-        pool = self.examples[rank::world] or self.examples
+        pool = rank_share(self.examples) or self.examples
         batch = collate_examples([pool[k % len(pool)] for k in range(lo, hi)], self.policy.tokenizer.pad_token_id)
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -426,9 +437,9 @@ class OFSDModule(RoundModule):
             self.empty_steps += 1
             return
         n_tokens = float(batch["response_mask"].sum().clamp(min=1.0))
-        per_token_loss = self._per_token_nll if c.objective == "rft" else self._per_token_kl
+        per_token_loss = OBJECTIVES.get(c.objective).per_token_loss
         total = token_mean_backward(batch["response_mask"].shape[0], c.micro_batch_size,
-                                    lambda rows: per_token_loss({k: v[rows] for k, v in batch.items()}),  # [b, R]
+                                    lambda rows: per_token_loss(self, {k: v[rows] for k, v in batch.items()}),  # [b, R]
                                     self.manual_backward, n_tokens)
         grad_norm = self.optimizer_step_clipped()
         stats = {"distill_loss": total, "tokens": n_tokens, "grad_norm": grad_norm, "lr": self.current_lr}
@@ -436,3 +447,8 @@ class OFSDModule(RoundModule):
         self.log_dict({f"ofsd/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=batch["response_mask"].shape[0], sync_dist=True)
         self.log("kl", total, prog_bar=True, logger=False, batch_size=1)
+
+
+OBJECTIVES.register("distill")(Objective(lambda pairs, traj, siblings: pairs, OFSDModule._per_token_kl))
+OBJECTIVES.register("rft")(Objective(lambda pairs, traj, siblings: rft_examples(traj, siblings),
+                                     OFSDModule._per_token_nll))

@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from search_e1.protocol import PromptConfig, build_messages, parse_action
+from search_e1.registry import Registry
 from search_e1.rollout import Trajectory
 from search_e1.rollout.turn import left_pad
 
 _INFO_RE = re.compile(r"<information>.*?</information>", re.DOTALL)
 _QUERY_RE = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 ELIDED = "<information> [retrieved documents elided] </information>"
-TEACHER_VIEWS = ("elided", "documents", "queries", "answer")
-"""What the teacher sees of the sibling (`render_sibling`)."""
-DISTILL_TOKENS = ("all", "queries")
-"""Where the distillation loss applies (`query_token_mask`)."""
 
 
 @dataclass
@@ -48,8 +46,48 @@ def response_runs(traj: Trajectory, i: int) -> list[tuple[bool, list[int]]]:
     return runs
 
 
+SiblingView = Callable[[Trajectory, int, Any], str]
+SIBLING_VIEWS: Registry[SiblingView] = Registry("teacher view")
+"""``OFSDConfig.teacher_view`` -> ``(traj, i, tokenizer) -> str``: what the teacher sees of sibling ``i``."""
+
+
+def _turns(traj: Trajectory, i: int, tokenizer: Any, information: Callable[[str], str]) -> str:
+    """The sampled turns of row ``i`` verbatim, each information block as ``information`` renders it."""
+    parts = []
+    for sampled, ids in response_runs(traj, i):
+        text = tokenizer.decode(ids, skip_special_tokens=sampled)
+        parts += [text.strip()] if sampled else [information(m) for m in _INFO_RE.findall(text)]
+    return "\n".join(p for p in parts if p)
+
+
+@SIBLING_VIEWS.register("elided")
+def _elided_view(traj: Trajectory, i: int, tokenizer: Any) -> str:
+    return _turns(traj, i, tokenizer, lambda block: ELIDED)
+
+
+@SIBLING_VIEWS.register("documents")
+def _documents_view(traj: Trajectory, i: int, tokenizer: Any) -> str:
+    return _turns(traj, i, tokenizer, lambda block: block)
+
+
+@SIBLING_VIEWS.register("queries")
+def _queries_view(traj: Trajectory, i: int, tokenizer: Any) -> str:
+    actions = [parse_action(tokenizer.decode(ids, skip_special_tokens=True))
+               for sampled, ids in response_runs(traj, i) if sampled]
+    return "\n".join(f"<search> {a.content} </search>" for a in actions if a.kind == "search")
+
+
+@SIBLING_VIEWS.register("answer")
+def _answer_view(traj: Trajectory, i: int, tokenizer: Any) -> str:
+    return f"<answer> {traj.answers[i]} </answer>" if traj.answers[i] is not None else ""
+
+
+TEACHER_VIEWS = tuple(SIBLING_VIEWS)
+"""What the teacher sees of the sibling (`render_sibling`)."""
+
+
 def render_sibling(traj: Trajectory, i: int, tokenizer: Any, view: str = "elided") -> str:
-    """The sibling as shown to the teacher (`TEACHER_VIEWS`):
+    """The sibling as shown to the teacher (`SIBLING_VIEWS`):
 
     * ``elided``: its own turns verbatim, each information block replaced by `ELIDED`;
     * ``documents``: its own turns and the information blocks verbatim;
@@ -57,19 +95,7 @@ def render_sibling(traj: Trajectory, i: int, tokenizer: Any, view: str = "elided
     * ``answer``: only its final ``<answer> answer </answer>``.
 
     Other environment text (feedback, template glue) is never shown."""
-    if view == "answer":
-        return f"<answer> {traj.answers[i]} </answer>" if traj.answers[i] is not None else ""
-    parts = []
-    for sampled, ids in response_runs(traj, i):
-        text = tokenizer.decode(ids, skip_special_tokens=sampled)
-        if sampled and view == "queries":
-            action = parse_action(text)
-            parts.append(f"<search> {action.content} </search>" if action.kind == "search" else "")
-        elif sampled:
-            parts.append(text.strip())
-        elif view != "queries":
-            parts += [m if view == "documents" else ELIDED for m in _INFO_RE.findall(text)]
-    return "\n".join(p for p in parts if p)
+    return SIBLING_VIEWS.get(view)(traj, i, tokenizer)
 
 
 def query_token_mask(ids: list[int], tokenizer: Any) -> list[float]:
@@ -83,6 +109,14 @@ def query_token_mask(ids: list[int], tokenizer: Any) -> list[float]:
              for m in _QUERY_RE.finditer(text) for q in [m.group(1)]]
     return [1.0 if any(e - len(p) < hi and e > lo for lo, hi in spans) else 0.0
             for p, e in zip(pieces, ends, strict=True)]
+
+
+TOKEN_SELECTIONS: Registry[Callable[[list[float], list[float]], list[float]]] = Registry("distilled-token selection")
+"""``OFSDConfig.tokens`` -> ``(sampled_mask, query_mask) -> mask`` over a response: where the loss applies."""
+TOKEN_SELECTIONS.register("all")(lambda sampled, queries: sampled)
+TOKEN_SELECTIONS.register("queries")(lambda sampled, queries: [m * q for m, q in zip(sampled, queries, strict=True)])
+DISTILL_TOKENS = tuple(TOKEN_SELECTIONS)
+"""Where the distillation loss applies (`query_token_mask`)."""
 
 
 def privileged_messages(question: str, sibling_text: str, prompt: PromptConfig, template: str) -> list[dict[str, str]]:
@@ -106,6 +140,7 @@ def build_examples(traj: Trajectory, siblings: torch.Tensor, tokenizer: Any, pro
     """Distillation examples for every row with a sibling (``siblings[i] >= 0``): the student sees the
     ordinary prompt, the teacher the prompt with ``template`` showing the sibling as ``view`` renders
     it (`TEACHER_VIEWS`); ``tokens`` (`DISTILL_TOKENS`) says which sampled tokens are distilled."""
+    select = TOKEN_SELECTIONS.get(tokens)
     examples = []
     for i, j in enumerate(siblings.tolist()):
         if j < 0:
@@ -116,12 +151,10 @@ def build_examples(traj: Trajectory, siblings: torch.Tensor, tokenizer: Any, pro
         messages = privileged_messages(traj.questions[i], sibling, prompt, template)
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         teacher_prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        mask = traj.loss_mask[i, start:end].tolist()
         queries = _query_mask(traj, i, tokenizer)
-        if tokens == "queries":
-            mask = [m * q for m, q in zip(mask, queries, strict=True)]
-            if not any(mask):  # the trajectory searched nothing: nothing of it is distilled
-                continue
+        mask = select(traj.loss_mask[i, start:end].tolist(), queries)
+        if not any(mask):  # e.g. only query tokens distilled and the trajectory searched nothing
+            continue
         examples.append(DistillExample(
             student_ids=traj.input_ids[i, :end].tolist(), teacher_ids=teacher_prompt + response, response_mask=mask,
             query_mask=queries,

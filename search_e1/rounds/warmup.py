@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from search_e1.config import plain
 from search_e1.data import iter_jsonl
-from search_e1.distributed import rank_world
+from search_e1.distributed import rank_share, rank_world
 from search_e1.errors import UserInputError
 from search_e1.policy import Policy
 from search_e1.protocol import PromptConfig
@@ -267,9 +267,8 @@ class WarmupModule(RoundModule):
         """``steps * batch_size`` demonstrations for this rank (the ranks draw disjoint slices of one
         cycled order)."""
         c = self.config
-        rank, world = rank_world()
-        order = cycled_order(len(self.examples), c.steps * c.batch_size * world, c.seed or 0)
-        items = [self.examples[i] for i in order[rank::world]]
+        order = cycled_order(len(self.examples), c.steps * c.batch_size * rank_world()[1], c.seed or 0)
+        items = [self.examples[i] for i in rank_share(order)]
         return DataLoader(items, batch_size=c.batch_size, shuffle=False,
                           collate_fn=partial(collate_demonstrations, pad_id=self.policy.tokenizer.pad_token_id))
 
