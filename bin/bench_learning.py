@@ -18,7 +18,10 @@ ofsd-questions / B``:
 * ``rft``: the same OFSD data sets trained with NLL on each chosen sibling (``ofsd.objective: rft``);
 * ``dapo``: the strongest GRPO-family recipe of the earlier one-round table, at this budget: ``B/2``
   questions per rollout and at most one refill of ``B/2`` (clip-higher 0.28, overlong filtering),
-  so it never samples more than the others (its actual count is reported).
+  so it never samples more than the others.
+
+Every run's trajectories and optimiser steps are counted from what it logged (`logged_budget`), not
+from its flags: an OFSD round that finds no example takes no step, and DAPO's refills are counted.
 
 Each run's last evaluation (the evolver's, ``eval_max_questions``: all 300 val questions of the
 training world and all 300 of the held-out world) gives EM by hop count, searches per correct
@@ -194,19 +197,42 @@ def arm_flags(arm: str, steps: int, k: int, batch: int, group: int) -> list[str]
             "--ofsd.group_size", str(group), "--ofsd.max_epochs", "1000", *flags]
 
 
-def sampled_trajectories(run_dir: Path, arm: str, rounds: int, steps: int, k: int, batch: int, group: int) -> int:
-    """Trajectories the run sampled: the schedule's, DAPO's counted from its logged refills."""
-    if arm != "dapo":
-        return rounds * (steps + k) * batch * group
+def logged_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar a run wrote to TensorBoard: tag -> {global step: value} (a step logged again by a
+    resumed run counts once)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    refills = 0.0
-    for path in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+    out: dict[str, dict[int, float]] = {}
+    for path in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
         acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
         acc.Reload()
-        if "grpo/dynamic_rollouts" in acc.Tags()["scalars"]:
-            refills += sum(e.value for e in acc.Scalars("grpo/dynamic_rollouts"))
-    return int(round((rounds * (steps + k) + refills) * (batch // 2) * group))
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    return out
+
+
+def logged_budget(run_dir: Path) -> dict[str, int]:
+    """Trajectories sampled and optimiser steps taken by a run, counted from what it logged: per GRPO
+    step ``grpo/sampled`` (refills included) and ``grpo/optimizer_steps``, per OFSD round the
+    trajectories and steps of its ``summary.json``. Runs logged before those two tags existed: one
+    optimiser step per logged GRPO step and ``(1 + grpo/dynamic_rollouts)`` rollouts of the run's own
+    ``data.batch_size x grpo.group_size`` (its ``config.yaml``)."""
+    import yaml
+
+    scalars = logged_scalars(run_dir)
+    steps = scalars.get("grpo/grad_norm", {})
+    if "grpo/sampled" in scalars:
+        sampled, optimizer_steps = sum(scalars["grpo/sampled"].values()), sum(scalars["grpo/optimizer_steps"].values())
+    else:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        per_rollout = cfg["data"]["batch_size"] * cfg["grpo"]["group_size"]
+        refills = scalars.get("grpo/dynamic_rollouts", {})
+        sampled = sum(per_rollout * (1 + refills.get(step, 0.0)) for step in steps)
+        optimizer_steps = len(steps)
+    for summary in ofsd_rounds(run_dir):
+        sampled += summary["trajectories"]
+        optimizer_steps += summary.get("steps", 0)  # an OFSD round with no example takes none
+    return {"trajectories": int(round(sampled)), "optimizer_steps": int(round(optimizer_steps))}
 
 
 def curve(run_dir: Path, warm: Path, per_round: int) -> list[dict[str, Any]]:
@@ -228,23 +254,30 @@ def ofsd_rounds(run_dir: Path) -> list[dict[str, Any]]:
             for p in sorted((run_dir / "ofsd").glob("round_*/summary.json"))]
 
 
+PAIRED_AGAINST: dict[str, tuple[str, ...]] = {"search-e1": ("grpo",), "placebo": ("grpo", "search-e1"),
+                                              "rft": ("grpo", "search-e1"), "dapo": ("grpo",)}
+"""Arm -> the arms it is compared with seed by seed: every arm with GRPO, each control with Search-E1."""
+
+
 def summarise_arms(runs: list[dict[str, Any]], worlds: list[str]) -> dict[str, Any]:
-    """Per arm: mean and 95% interval over seeds of every figure, the paired difference to ``grpo``
-    (same seed), and the OFSD rounds' means."""
+    """Per arm: mean and 95% interval over seeds of every figure, the paired differences (same seed)
+    of `PAIRED_AGAINST`, and the OFSD rounds' means."""
     by_seed = {(r["arm"], r["seed"]): r for r in runs}
     out: dict[str, Any] = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
         rs = [r for r in runs if r["arm"] == arm]
         s: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "wall_s": mean_ci([r["wall_s"] for r in rs]),
-                             "trajectories": mean_ci([r["trajectories"] for r in rs])}
+                             "trajectories": mean_ci([r["trajectories"] for r in rs]),
+                             "optimizer_steps": mean_ci([r["optimizer_steps"] for r in rs])}
         for w in worlds:
             keys = sorted({k for r in rs for k in r["result"][w] if k not in ("n", "gain_lo", "gain_hi")})
             for key in keys:
                 s[f"{w}/{key}"] = mean_ci([r["result"][w][key] for r in rs if key in r["result"][w]])
-            paired = [r["result"][w]["em"] - by_seed[("grpo", r["seed"])]["result"][w]["em"] for r in rs
-                      if ("grpo", r["seed"]) in by_seed]
-            if arm != "grpo" and paired:
-                s[f"{w}/em_minus_grpo"] = mean_ci(paired)
+            for base in PAIRED_AGAINST.get(arm, ()):
+                paired = [r["result"][w]["em"] - by_seed[(base, r["seed"])]["result"][w]["em"] for r in rs
+                          if (base, r["seed"]) in by_seed]
+                if paired:
+                    s[f"{w}/em_minus_{base}"] = mean_ci(paired)
         rounds = [o for r in rs for o in r.get("ofsd", [])]
         for key in ("examples", "cheaper", "wrong_row", "steps", "kl_before", "kl_after", "kl_before_queries",
                     "kl_after_queries", "kl_before_rest", "kl_after_rest"):
@@ -259,8 +292,8 @@ def arms_markdown(summary: dict[str, Any], worlds: list[str], budget: dict[str, 
     """The results as markdown tables (what docs/ and the README quote)."""
     arms = list(summary)
     lines = [f"Budget per arm: {budget['rounds']} rounds x {budget['steps_per_round']} optimiser steps, "
-             f"{budget['trajectories']} sampled trajectories (DAPO: counted). Mean [95% t-interval] over "
-             f"seeds {summary[arms[0]]['seeds']}; greedy EM on n = {budget['n']}.", ""]
+             f"{budget['trajectories']} sampled trajectories planned (what each run logged is in the table). "
+             f"Mean [95% t-interval] over seeds {summary[arms[0]]['seeds']}; greedy EM on n = {budget['n']}.", ""]
     header = "| figure | " + " | ".join(arms) + " |"
     lines += [header, "|" + "---|" * (len(arms) + 1)]
 
@@ -271,12 +304,14 @@ def arms_markdown(summary: dict[str, Any], worlds: list[str], budget: dict[str, 
     for w in worlds:
         row(f"{w}: EM", f"{w}/em")
         row(f"{w}: EM - grpo (paired)", f"{w}/em_minus_grpo")
+        row(f"{w}: EM - search-e1 (paired)", f"{w}/em_minus_search-e1")
         row(f"{w}: gain over warm-up", f"{w}/gain")
         for hops in (1, 2):
             row(f"{w}: EM {hops}-hop", f"{w}/em_{hops}hop")
         row(f"{w}: searches per correct answer", f"{w}/searches_per_correct", 2)
         row(f"{w}: tokens per answer", f"{w}/tokens_per_answer", 1)
-    row("trajectories sampled", "trajectories", 0)
+    row("trajectories sampled (logged)", "trajectories", 0)
+    row("optimiser steps (logged)", "optimizer_steps", 0)
     row("wall time, s", "wall_s", 0)
     ofsd_arms = [a for a in arms if "ofsd/examples" in summary[a]]
     if ofsd_arms:
@@ -360,18 +395,20 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     worlds: list[str] = []
+    warmup_wall: dict[int, float] = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         warm = warmup_run(args.config, out, seed)
+        warmup_wall[seed] = float((warm / "wall_s.txt").read_text())
         worlds = worlds_of(warm)
         for arm in arms:
             run_dir = out / f"{arm}_seed{seed}"
             flags = [*from_warmup(warm, seed), "--evolver.rounds", str(args.rounds), *arm_flags(arm, steps, k, batch,
                                                                                                 group)]
             wall = run_once(args.config, run_dir, flags, args.keep_checkpoints)
-            trajectories = sampled_trajectories(run_dir, arm, args.rounds, steps, k, batch, group)
-            runs.append({"arm": arm, "seed": seed, "wall_s": wall, "trajectories": trajectories,
+            budget = logged_budget(run_dir)
+            runs.append({"arm": arm, "seed": seed, "wall_s": wall, **budget,
                          "result": last_evaluation(run_dir, warm), "ofsd": ofsd_rounds(run_dir),
-                         "curve": curve(run_dir, warm, trajectories // args.rounds)})
+                         "curve": curve(run_dir, warm, budget["trajectories"] // args.rounds)})
     summary = summarise_arms(runs, worlds)
     budget = {"rounds": args.rounds, "steps_per_round": steps + k, "grpo_steps": steps, "k": k, "batch": batch,
               "group": group, "trajectories": args.rounds * (steps + k) * batch * group,
@@ -380,10 +417,13 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
     command = "python bin/bench_learning.py " + " ".join(argv)
     result = {"command": command.strip(), "config": args.config, "budget": budget,
               "arms": {a: ARMS[a][1] for a in arms},
-              "runs": runs, "summary": summary, "wall_s": time.perf_counter() - started}
+              "runs": runs, "summary": summary, "wall_s": time.perf_counter() - started,
+              "warmup_wall_s": warmup_wall,
+              "fits_wall_s": sum(warmup_wall.values()) + sum(r["wall_s"] for r in runs)}
     (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     table = arms_markdown(summary, worlds, budget)
-    (report / "table.md").write_text(f"`{command.strip()}`\n\n{table}")
+    (report / "table.md").write_text(f"`{command.strip()}`\n\n{table}\nWall time of the fits (warm-ups and runs, "
+                                     f"each as first run): {result['fits_wall_s'] / 60:.0f} min.\n")
     plot(runs, worlds, report / "learning.png")
     print(table)  # noqa: T201 - the benchmark's table
     return result

@@ -39,7 +39,6 @@ def test_every_arm_gets_the_same_steps_and_trajectories(bench):
     # half the questions per rollout and at most one refill of as many: never more than 4 x 4 per step
     assert flag(dapo, "--data.batch_size") == "2" and flag(dapo, "--grpo.dynamic_sampling_max_rollouts") == "1"
     assert flag(dapo, "--evolver.grpo_steps") == "9"
-    assert bench.sampled_trajectories(Path("."), "grpo", 2, steps, k, batch, group) == 2 * 9 * 16
 
 
 def test_figures_of_an_evaluation_by_hand(bench):
@@ -56,9 +55,44 @@ def test_figures_of_an_evaluation_by_hand(bench):
 
 def test_paired_difference_to_grpo_is_per_seed(bench):
     res = lambda em: {"train": {"em": em, "n": 300, "gain": 0.0, "gain_lo": 0.0, "gain_hi": 0.0}}  # noqa: E731
-    runs = [{"arm": a, "seed": s, "wall_s": 1.0, "trajectories": 10, "result": res(em)}
-            for a, s, em in (("grpo", 0, 0.30), ("grpo", 1, 0.40), ("search-e1", 0, 0.35), ("search-e1", 1, 0.50))]
+    runs = [{"arm": a, "seed": s, "wall_s": 1.0, "trajectories": 10, "optimizer_steps": 2, "result": res(em)}
+            for a, s, em in (("grpo", 0, 0.30), ("grpo", 1, 0.40), ("search-e1", 0, 0.35), ("search-e1", 1, 0.50),
+                             ("placebo", 0, 0.25), ("placebo", 1, 0.30))]
     summary = bench.summarise_arms(runs, ["train"])
     d = summary["search-e1"]["train/em_minus_grpo"]  # differences 0.05 and 0.10: mean 0.075
     assert d["mean"] == pytest.approx(0.075) and d["n"] == 2 and "train/em_minus_grpo" not in summary["grpo"]
+    d = summary["placebo"]["train/em_minus_search-e1"]  # the control against the method: -0.10 and -0.20
+    assert d["mean"] == pytest.approx(-0.15) and "train/em_minus_search-e1" not in summary["search-e1"]
     assert summary["grpo"]["train/em"]["mean"] == pytest.approx(0.35)
+
+
+def _write_scalars(directory, scalars):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(directory))
+    for tag, values in scalars.items():
+        for step, value in values.items():
+            writer.add_scalar(tag, value, step)
+    writer.close()
+
+
+def test_budget_is_counted_from_what_a_run_logged(bench, tmp_path):
+    """Per GRPO step the logged samples and optimiser steps (refills included); per OFSD round its
+    summary.json; a run logged before those tags: its logged steps x its own config's rollout size."""
+    import json
+
+    new = tmp_path / "new"
+    _write_scalars(new / "tensorboard" / "version_0", {"grpo/sampled": {1: 16.0, 2: 32.0},  # step 2 refilled once
+                                                         "grpo/optimizer_steps": {1: 1.0, 2: 1.0},
+                                                         "grpo/grad_norm": {1: 0.5, 2: 0.5}})
+    (new / "ofsd" / "round_1").mkdir(parents=True)
+    (new / "ofsd" / "round_1" / "summary.json").write_text(json.dumps({"trajectories": 80, "steps": 5}))
+    assert bench.logged_budget(new) == {"trajectories": 16 + 32 + 80, "optimizer_steps": 2 + 5}
+
+    old = tmp_path / "old"
+    (old / "config.yaml").parent.mkdir(parents=True)
+    (old / "config.yaml").write_text("data:\n  batch_size: 2\ngrpo:\n  group_size: 4\n")
+    _write_scalars(old / "tensorboard" / "version_0", {"grpo/grad_norm": {1: 0.1, 2: 0.2, 3: 0.3},
+                                                         "grpo/dynamic_rollouts": {1: 0.0, 2: 1.0, 3: 0.0}})
+    _write_scalars(old / "tensorboard" / "version_1", {"grpo/grad_norm": {3: 0.3}})  # step 3 again after a resume
+    assert bench.logged_budget(old) == {"trajectories": 8 + 16 + 8, "optimizer_steps": 3}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -97,6 +98,14 @@ def test_one_round_changes_parameters_in_both_phases_and_writes_outputs(tmp_path
     assert {"val/em", "val/f1", "val/searches", "val/tokens"} <= set(tags)
     assert sorted(tags["grpo/reward_mean"]) == [0, 1] and sorted(tags["ofsd/distill_loss"]) == [2, 3]
     assert "grpo/trajectories" in {t.split("/text_summary")[0] for t in texts}
+    # what bin/bench_learning.py counts from these logs: 2 GRPO steps x 2 questions x 4 samples and one
+    # optimiser step each, then the OFSD round's 3 questions x 4 samples and its 2 steps
+    script = Path(__file__).parents[1] / "bin" / "bench_learning.py"
+    spec = importlib.util.spec_from_file_location("bench_learning", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert json.loads((run / "ofsd" / "round_1" / "summary.json").read_text())["steps"] == 2
+    assert bench.logged_budget(run) == {"trajectories": 2 * 2 * 4 + 3 * 4, "optimizer_steps": 2 + 2}
 
 
 def test_resume_continues_with_the_next_round(tmp_path, smol_tokenizer):

@@ -165,9 +165,11 @@ class GRPOModule(RoundModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         c = self.config
         traj = self.rollout_questions(batch["question"], batch["golden_answers"], c.group_size)
-        extra: dict[str, float] = {}
+        extra: dict[str, float] = {"sampled": float(len(traj))}  # rolled out by this rank, refills included
         if c.dynamic_sampling:
-            traj, extra = self._dynamic_sampling(traj, len(batch["question"]))
+            traj, dynamic = self._dynamic_sampling(traj, len(batch["question"]))
+            extra.update(dynamic)
+            extra["sampled"] += dynamic["dynamic_rollouts"] * len(batch["question"]) * c.group_size
         advantages = get_advantage_estimator(c.advantage)(traj.rewards, traj.group_ids)  # [N]
         train = traj
         if c.overlong_filter:
@@ -216,6 +218,7 @@ class GRPOModule(RoundModule):
                 norms.append(self.optimizer_step_clipped())
         stats = {k: v / max(micro_count, 1) for k, v in sums.items()}
         stats["grad_norm"] = sum(norms) / max(len(norms), 1)
+        stats["optimizer_steps"] = float(len(norms))
         stats["trained_frac"] = trained / max(c.ppo_epochs * len(traj), 1)
         return stats
 
