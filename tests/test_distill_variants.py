@@ -110,12 +110,15 @@ def test_a_registered_teacher_view_is_what_the_teacher_sees(sibling_traj, smol_t
     SIBLING_VIEWS.register("shout")(lambda t, i, tok: f"THE ANSWER IS {t.answers[i].upper()}")
     try:
         examples = build_examples(traj, torch.tensor([1, -1]), smol_tokenizer, SearchEnv().prompt, "shout")
+        assert OFSDConfig(teacher_view="shout").teacher_view == "shout"  # the config accepts a registered view
     finally:
         del SIBLING_VIEWS["shout"]
     assert len(examples) == 1
     assert "THE ANSWER IS TALMOR" in smol_tokenizer.decode(examples[0].teacher_ids)
     with pytest.raises(ValueError, match="unknown teacher view 'shout'"):
         render_sibling(traj, 0, smol_tokenizer, "shout")
+    with pytest.raises(ValueError, match="OFSDConfig.teacher_view: expected one of"):
+        OFSDConfig(teacher_view="shout")
 
 
 def test_query_token_mask_covers_exactly_the_query(smol_tokenizer):

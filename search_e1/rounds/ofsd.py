@@ -73,10 +73,10 @@ from search_e1.rounds.base import (
     token_mean_backward,
 )
 from search_e1.rounds.ofsd_data import (
-    DISTILL_TOKENS,
     ELIDED,
     PRIVILEGED_TEMPLATE,
-    TEACHER_VIEWS,
+    SIBLING_VIEWS,
+    TOKEN_SELECTIONS,
     DistillExample,
     build_examples,
     collate_examples,
@@ -88,7 +88,8 @@ from search_e1.rounds.ofsd_data import (
 )
 
 __all__ = [
-    "DISTILL_TOKENS", "ELIDED", "TEACHER_VIEWS", "DistillExample", "OFSDConfig", "OFSDModule", "build_examples",
+    "ELIDED", "OBJECTIVES", "PRIVILEGED_CONTEXTS", "SIBLING_VIEWS", "TOKEN_SELECTIONS", "DistillExample", "Objective",
+    "OFSDConfig", "OFSDModule", "build_examples",
     "chunked_distill", "collate_examples", "distill_loss_fn", "empty_reason", "query_token_mask", "render_sibling",
 ]
 
@@ -180,10 +181,11 @@ class OFSDConfig:
             raise ValueError("OFSDConfig: use teacher_topk > 0 exactly when loss is forward_kl_topk")
         if not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(f"OFSDConfig.jsd_beta must be in (0, 1), got {self.jsd_beta}")
-        if self.tokens not in DISTILL_TOKENS:
-            raise ValueError(f"OFSDConfig.tokens: expected one of {DISTILL_TOKENS}, got {self.tokens!r}")
-        if self.teacher_view not in TEACHER_VIEWS:
-            raise ValueError(f"OFSDConfig.teacher_view: expected one of {TEACHER_VIEWS}, got {self.teacher_view!r}")
+        if self.tokens not in TOKEN_SELECTIONS:
+            raise ValueError(f"OFSDConfig.tokens: expected one of {tuple(TOKEN_SELECTIONS)}, got {self.tokens!r}")
+        if self.teacher_view not in SIBLING_VIEWS:
+            raise ValueError(f"OFSDConfig.teacher_view: expected one of {tuple(SIBLING_VIEWS)}, "
+                             f"got {self.teacher_view!r}")
         if self.refresh_every < 0:
             raise ValueError(f"OFSDConfig.refresh_every must be >= 0, got {self.refresh_every}")
         if self.privileged not in PRIVILEGED_CONTEXTS:

@@ -82,10 +82,6 @@ def _answer_view(traj: Trajectory, i: int, tokenizer: Any) -> str:
     return f"<answer> {traj.answers[i]} </answer>" if traj.answers[i] is not None else ""
 
 
-TEACHER_VIEWS = tuple(SIBLING_VIEWS)
-"""What the teacher sees of the sibling (`render_sibling`)."""
-
-
 def render_sibling(traj: Trajectory, i: int, tokenizer: Any, view: str = "elided") -> str:
     """The sibling as shown to the teacher (`SIBLING_VIEWS`):
 
@@ -115,8 +111,6 @@ TOKEN_SELECTIONS: Registry[Callable[[list[float], list[float]], list[float]]] = 
 """``OFSDConfig.tokens`` -> ``(sampled_mask, query_mask) -> mask`` over a response: where the loss applies."""
 TOKEN_SELECTIONS.register("all")(lambda sampled, queries: sampled)
 TOKEN_SELECTIONS.register("queries")(lambda sampled, queries: [m * q for m, q in zip(sampled, queries, strict=True)])
-DISTILL_TOKENS = tuple(TOKEN_SELECTIONS)
-"""Where the distillation loss applies (`query_token_mask`)."""
 
 
 def privileged_messages(question: str, sibling_text: str, prompt: PromptConfig, template: str) -> list[dict[str, str]]:
@@ -139,7 +133,7 @@ def build_examples(traj: Trajectory, siblings: torch.Tensor, tokenizer: Any, pro
                    tokens: str = "all") -> list[DistillExample]:
     """Distillation examples for every row with a sibling (``siblings[i] >= 0``): the student sees the
     ordinary prompt, the teacher the prompt with ``template`` showing the sibling as ``view`` renders
-    it (`TEACHER_VIEWS`); ``tokens`` (`DISTILL_TOKENS`) says which sampled tokens are distilled."""
+    it (`SIBLING_VIEWS`); ``tokens`` (`TOKEN_SELECTIONS`) says which sampled tokens are distilled."""
     select = TOKEN_SELECTIONS.get(tokens)
     examples = []
     for i, j in enumerate(siblings.tolist()):
