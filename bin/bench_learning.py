@@ -105,6 +105,12 @@ def run_once(config: str, run_dir: Path, flags: list[str], keep_checkpoints: boo
     return float((run_dir / "wall_s.txt").read_text())
 
 
+def shown_path(path: str) -> str:
+    """``path`` relative to the repository when inside it (what results.json records), else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
 def warmup_run(config: str, out: Path, seed: int) -> Path:
     """The warm-up of ``seed`` alone (``--evolver.rounds 0``), evaluated on every world; returns its run dir."""
     run_dir = out / f"warmup_seed{seed}"
@@ -415,7 +421,7 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
               "n": {w: runs[0]["result"][w]["n"] for w in worlds}}
     report.mkdir(parents=True, exist_ok=True)
     command = "python bin/bench_learning.py " + " ".join(argv)
-    result = {"command": command.strip(), "config": args.config, "budget": budget,
+    result = {"command": command.strip(), "config": shown_path(args.config), "budget": budget,
               "arms": {a: ARMS[a][1] for a in arms},
               "runs": runs, "summary": summary, "wall_s": time.perf_counter() - started,
               "warmup_wall_s": warmup_wall,
@@ -504,7 +510,7 @@ def main_sweep(argv: list[str]) -> dict[str, Any]:
     summary = summarise_sweep(runs, worlds)
     command = ("python bin/bench_learning.py sweep " + " ".join(argv)).strip()
     report.mkdir(parents=True, exist_ok=True)
-    result = {"command": command, "config": args.config, "settings": settings, "seeds": seeds, "runs": runs,
+    result = {"command": command, "config": shown_path(args.config), "settings": settings, "seeds": seeds, "runs": runs,
               "summary": summary}
     (report / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     table = sweep_markdown(summary, worlds)
