@@ -48,3 +48,18 @@ def test_concat_pads_to_the_longest_row_and_offsets_group_ids():
     assert c.answers == ["a0", "a1", "b0", "b1", "b2"] and c.questions[2:] == ["qb0", "qb1", "qb1"]
     assert c.prompt_lengths.tolist() == [1, 1, 2, 1, 1]
     assert len(Trajectory.concat([c.select([]), a], pad_id=PAD)) == 2  # an empty part adds nothing
+
+
+def test_saved_records_load_back_as_the_same_batch(tmp_path):
+    """save_jsonl then from_records: every tensor and list field equal (a data set on disk is a batch again)."""
+    import json
+
+    t = batch([[5, 6, 7], [5, 6, 7, 8, 9], [5, 6]], prompt=[1, 2, 1], groups=[0, 0, 1], tag="a")
+    path = t.save_jsonl(tmp_path / "rows.jsonl", sibling=[1, -1, -1])
+    records = [json.loads(line) for line in path.open()]
+    back = Trajectory.from_records(records, pad_id=PAD)
+    for name in Trajectory._TENSORS:
+        assert torch.equal(getattr(back, name), getattr(t, name).to(getattr(back, name).dtype)), name
+    assert (back.answers, back.questions, back.golden_answers, back.finish_reasons) == (
+        t.answers, t.questions, t.golden_answers, t.finish_reasons)
+    assert len(Trajectory.from_records([], pad_id=PAD)) == 0

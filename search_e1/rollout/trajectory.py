@@ -135,6 +135,28 @@ class Trajectory:
         return path
 
     @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]], pad_id: int) -> Trajectory:
+        """The rows of `to_records` dicts (e.g. the lines of an OFSD round's ``trajectories.jsonl``)
+        back as a batch, right-padded with ``pad_id``; log-probs are those rounded to 6 decimals."""
+        length = max((len(r["input_ids"]) for r in records), default=0)
+
+        def padded(key: str, value: float, dtype: torch.dtype) -> Tensor:
+            return torch.tensor([r[key] + [value] * (length - len(r[key])) for r in records], dtype=dtype)
+
+        return cls(
+            input_ids=padded("input_ids", pad_id, torch.long),
+            attention_mask=torch.tensor([[1] * len(r["input_ids"]) + [0] * (length - len(r["input_ids"]))
+                                         for r in records], dtype=torch.long),
+            loss_mask=padded("loss_mask", 0, torch.float), logprobs=padded("logprobs", 0.0, torch.float),
+            **{name: torch.tensor([r[key] for r in records], dtype=dtype) for name, key, dtype in (
+                ("prompt_lengths", "prompt_length", torch.long), ("num_searches", "num_searches", torch.long),
+                ("num_turns", "num_turns", torch.long), ("rewards", "reward", torch.float),
+                ("group_ids", "group_id", torch.long))},
+            answers=[r["answer"] for r in records], finish_reasons=[r["finish_reason"] for r in records],
+            questions=[r["question"] for r in records], golden_answers=[r["golden_answers"] for r in records],
+        )
+
+    @classmethod
     def concat(cls, parts: Sequence[Trajectory], pad_id: int) -> Trajectory:
         """Rows of several batches in one (e.g. gathered from ranks); group ids are offset so
         that groups stay distinct."""
