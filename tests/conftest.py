@@ -103,6 +103,16 @@ def smol_tokenizer():
     return tokenizer
 
 
+def load_script(name: str):
+    """A script of ``bin/`` (``name`` without ``.py``) imported as a module, for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bin" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tiny_policy(tokenizer, seed: int = 0, layers: int = 2):
     """A random-init 2-layer Llama with the SmolLM2 tokenizer and chat template."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "bench_rollout.py"
+from conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rollout", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_rollout")
 
 
 def test_minimum_prompt_tokens_by_hand():

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_policy
+from conftest import load_script, make_tiny_policy
 from scripted import EchoRetriever, ScriptedTurns, scripted_factory, write_demonstrations, write_qa
 
 from search_e1 import Evolver, RetrievalDataModule
@@ -100,10 +99,7 @@ def test_one_round_changes_parameters_in_both_phases_and_writes_outputs(tmp_path
     assert "grpo/trajectories" in {t.split("/text_summary")[0] for t in texts}
     # what bin/bench_learning.py counts from these logs: 2 GRPO steps x 2 questions x 4 samples and one
     # optimiser step each, then the OFSD round's 3 questions x 4 samples and its 2 steps
-    script = Path(__file__).parents[1] / "bin" / "bench_learning.py"
-    spec = importlib.util.spec_from_file_location("bench_learning", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_learning")
     assert json.loads((run / "ofsd" / "round_1" / "summary.json").read_text())["steps"] == 2
     assert bench.logged_budget(run) == {"trajectories": 2 * 2 * 4 + 3 * 4, "optimizer_steps": 2 + 2}
 

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import make_tiny_policy
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "probe_first_action.py"
+from conftest import load_script, make_tiny_policy
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_first_action", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_first_action")
 
 
 def test_tag_probability_is_the_product_of_next_token_probabilities(probe, smol_tokenizer):
