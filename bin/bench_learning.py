@@ -226,10 +226,10 @@ def logged_budget(run_dir: Path) -> dict[str, int]:
     import yaml
 
     scalars = logged_scalars(run_dir)
-    steps = scalars.get("grpo/grad_norm", {})
     if "grpo/sampled" in scalars:
         sampled, optimizer_steps = sum(scalars["grpo/sampled"].values()), sum(scalars["grpo/optimizer_steps"].values())
     else:
+        steps = scalars.get("grpo/grad_norm", {})
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         per_rollout = cfg["data"]["batch_size"] * cfg["grpo"]["group_size"]
         refills = scalars.get("grpo/dynamic_rollouts", {})

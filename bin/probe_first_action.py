@@ -80,10 +80,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from search_e1.cli import fit_parser
-    from search_e1.protocol import PromptConfig
 
-    cfg = fit_parser().parse_args(["--config", args.config])
-    prompt = PromptConfig(**{k: v for k, v in vars(cfg.prompt).items() if not k.startswith("__")})
+    parser = fit_parser()
+    cfg = parser.instantiate(parser.parse_args(["--config", args.config]))  # the config groups as objects
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
     model = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32).eval()
     records = [json.loads(line) for line in Path(args.data).open()]
@@ -91,7 +90,7 @@ def main() -> None:
     print(f"| view | rows | student {TAGS[0]} | student {TAGS[1]} | teacher {TAGS[0]} | teacher {TAGS[1]} |")  # noqa: T201
     print("|---|---|---|---|---|---|")  # noqa: T201
     for view in args.views.split(","):
-        rows = probe(model, tokenizer, records, prompt, cfg.ofsd.privileged_template, view, cfg.rollout.temperature)
+        rows = probe(model, tokenizer, records, cfg.prompt, cfg.ofsd.privileged_template, view, cfg.rollout.temperature)
         if not rows:
             raise SystemExit(f"{args.data}: no row has a sibling (the round distilled nothing)")
         means = {k: statistics.fmean(r[k] for r in rows) for k in rows[0] if k.startswith(("student", "teacher"))}
