@@ -438,6 +438,8 @@ def main_arms(argv: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the sweep
 SWEEP: dict[str, list[str]] = {
     "quickstart": [],
+    "static": ["--grpo.dynamic_sampling", "false"],
+    "dynamic": ["--grpo.dynamic_sampling", "true", "--grpo.dynamic_sampling_max_rollouts", "1"],
     "fresh-adam": ["--evolver.persist_optimizers", "false"],
     "lr1e-5": ["--grpo.optim.lr", "1.0e-5"],
     "warmup4": ["--grpo.optim.warmup_steps", "4"],

@@ -66,7 +66,7 @@ def test_dapo_refill_keeps_the_batch_size(smol_tokenizer):
 def test_dapo_stops_after_its_budget_when_every_group_stays_uniform(smol_tokenizer, caplog):
     m = module(smol_tokenizer, stale, dynamic_sampling=True, dynamic_sampling_max_rollouts=2)
     traj = m.rollout_questions(["Where is item a?", "Where is item b?"], [["Talmor"]] * 2, 4)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.DEBUG, logger="search_e1.rounds.grpo"):
         out, stats = m._dynamic_sampling(traj, 2)
     assert out is traj and stats == {"dynamic_groups": 0.0, "dynamic_rollouts": 2.0}
     assert "0 of 2 groups with mixed rewards after 2 extra rollout(s)" in caplog.text
@@ -146,3 +146,20 @@ def test_gspo_without_recomputed_old_logprobs_warns(smol_tokenizer, caplog):
     with caplog.at_level(logging.WARNING):
         module(smol_tokenizer, None, policy_loss="gspo", recompute_old_logprobs=True)
     assert "recompute_old_logprobs" not in caplog.text
+
+
+def test_step_stats_describe_what_the_policy_sampled_not_the_groups_kept(smol_tokenizer, monkeypatch):
+    """With dynamic sampling the step trains on refilled mixed groups, but reward, searches and the
+    share of mixed groups are those of the step's own questions: a policy that stops earning rewards
+    shows as reward 0 and no mixed group, with ``dynamic_groups`` counting what was kept."""
+    m = module(smol_tokenizer, fresh, dynamic_sampling=True, log_text_every=0)
+    trained: list[int] = []
+    monkeypatch.setattr(m, "update", lambda traj, *_: trained.append(len(traj)) or {"grad_norm": 0.0})
+    monkeypatch.setattr(m, "log_dict", lambda *a, **k: None)
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    m._step_lr = 1e-3
+    m.on_train_batch_start(None, 0)
+    m.training_step({"question": ["Where is item a?", "Where is item b?"], "golden_answers": [["Talmor"]] * 2}, 0)
+    s = m.step_stats
+    assert s["reward_mean"] == [0.0] and s["mixed_group_frac"] == [0.0]  # the sampled batch: all wrong
+    assert s["dynamic_groups"] == [2.0] and s["sampled"] == [16.0] and trained == [8]  # trained on the refill

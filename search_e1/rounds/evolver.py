@@ -83,7 +83,8 @@ VAL_FIELDS = ("round", "world", "step", "n", "em", "em_lo", "em_hi", "gain", "ga
               "em_2hop", "f1", "searches", "tokens")
 """The columns of ``val_table.csv``: one row per evaluation and world (gain: EM minus the first
 evaluation's on the same questions, with the paired 95% interval; blank where there is none)."""
-SUMMARY_KEYS = {"grpo": ("reward_mean", "searches_mean", "response_length", "entropy", "mixed_group_frac"),
+SUMMARY_KEYS = {"grpo": ("reward_mean", "searches_mean", "response_length", "entropy", "mixed_group_frac",
+                         "dynamic_groups"),
                 "ofsd": ("examples", "kl_before", "distill_loss", "kl_after")}
 """The per-step scalars of each phase that its one-line summary reports (first -> last)."""
 

@@ -166,6 +166,7 @@ class GRPOModule(RoundModule):
         c = self.config
         traj = self.rollout_questions(batch["question"], batch["golden_answers"], c.group_size)
         extra: dict[str, float] = {"sampled": float(len(traj))}  # rolled out by this rank, refills included
+        sampled = traj  # the step's own questions, before dynamic sampling keeps the mixed groups
         if c.dynamic_sampling:
             traj, dynamic = self._dynamic_sampling(traj, len(batch["question"]))
             extra.update(dynamic)
@@ -178,7 +179,7 @@ class GRPOModule(RoundModule):
             old = self._logprobs(self.policy, train) if c.recompute_old_logprobs else train.logprobs
             ref = self._logprobs(self.reference, train) if self.reference is not None else None
         stats = self.update(train, advantages, old, ref)
-        stats.update(rollout_stats(traj))
+        stats.update(rollout_stats(sampled))  # what the policy does, not what dynamic sampling kept
         stats.update(extra)
         stats["lr"] = self.current_lr
         self.record_step(stats)
@@ -226,8 +227,9 @@ class GRPOModule(RoundModule):
         """DAPO's dynamic sampling: keep the groups whose rewards differ; while fewer than
         ``n_questions`` groups are kept (on any rank), roll out ``n_questions`` fresh questions from
         ``question_source``, at most ``dynamic_sampling_max_rollouts`` times; cut to ``n_questions``
-        groups. Short of groups at the end, the step trains on what it has (a warning with the
-        counts); with none, on the uniform batch (no gradient, as plain GRPO)."""
+        groups. Short of groups at the end, the step trains on what it has (a debug line with the
+        counts; ``grpo/dynamic_groups`` in TensorBoard and the round summary); with none, on the
+        uniform batch (no gradient, as plain GRPO)."""
         c = self.config
         parts = [traj.select(torch.nonzero(mixed_group_rows(traj.rewards, traj.group_ids)).flatten().cpu())]
         kept = lambda: sum(len(torch.unique(p.group_ids)) for p in parts if len(p))  # noqa: E731
@@ -242,7 +244,7 @@ class GRPOModule(RoundModule):
         stats = {"dynamic_groups": float(min(n_kept, n_questions)), "dynamic_rollouts": float(rollouts)}
         if n_kept < n_questions:
             self.dynamic_sampling_short += 1
-            log.warning("DAPO dynamic sampling: %d of %d groups with mixed rewards after %d extra rollout(s); "
+            log.debug("DAPO dynamic sampling: %d of %d groups with mixed rewards after %d extra rollout(s); "
                         "the step trains on %s (%d short step(s) so far)", n_kept, n_questions, rollouts,
                         f"those {n_kept}" if n_kept else "the uniform batch (no gradient)", self.dynamic_sampling_short)
         if n_kept == 0:
