@@ -10,7 +10,8 @@ per round ``S + k`` optimiser steps and ``(S + k) x B x G`` sampled trajectories
 config's GRPO steps per round, ``B`` its questions per step, ``G`` its group size and ``k =
 ofsd-questions / B``:
 
-* ``grpo``: ``S + k`` GRPO steps;
+* ``grpo``: ``S + k`` GRPO steps of one rollout each (every arm but ``dapo`` turns the config's
+  dynamic sampling off);
 * ``search-e1``: ``S`` GRPO steps, then an OFSD round on ``k x B`` questions x ``G`` fresh samples
   taking exactly ``k`` optimiser steps (the paper's method: forward KL, the more efficient sibling);
 * ``placebo``: ``search-e1`` whose teacher is shown a correct trajectory of ANOTHER question
@@ -181,11 +182,12 @@ def fmt(f: dict[str, float], digits: int = 3) -> str:
 
 # ---------------------------------------------------------------- the ablation arms
 GRPO_ONLY, WITH_OFSD = "grpo", "ofsd"
+PLAIN = ["--grpo.dynamic_sampling", "false"]  # one rollout per step: a refill would spend more than the budget
 ARMS: dict[str, tuple[str, list[str]]] = {
-    "grpo": (GRPO_ONLY, []),
-    "search-e1": (WITH_OFSD, []),
-    "placebo": (WITH_OFSD, ["--ofsd.privileged", "placebo"]),
-    "rft": (WITH_OFSD, ["--ofsd.objective", "rft"]),
+    "grpo": (GRPO_ONLY, PLAIN),
+    "search-e1": (WITH_OFSD, PLAIN),
+    "placebo": (WITH_OFSD, [*PLAIN, "--ofsd.privileged", "placebo"]),
+    "rft": (WITH_OFSD, [*PLAIN, "--ofsd.objective", "rft"]),
     "dapo": (GRPO_ONLY, ["--grpo.clip_high", "0.28", "--grpo.dynamic_sampling", "true",
                          "--grpo.dynamic_sampling_max_rollouts", "1", "--grpo.overlong_filter", "true"]),
 }

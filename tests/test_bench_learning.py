@@ -32,6 +32,8 @@ def test_every_arm_gets_the_same_steps_and_trajectories(bench):
     # half the questions per rollout and at most one refill of as many: never more than 4 x 4 per step
     assert flag(dapo, "--data.batch_size") == "2" and flag(dapo, "--grpo.dynamic_sampling_max_rollouts") == "1"
     assert flag(dapo, "--evolver.grpo_steps") == "9"
+    for arm in ("grpo", "search-e1", "placebo", "rft"):  # whatever the config's default, one rollout per step
+        assert flag(bench.arm_flags(arm, steps, k, batch, group), "--grpo.dynamic_sampling") == "false"
 
 
 def test_figures_of_an_evaluation_by_hand(bench):
