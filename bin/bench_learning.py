@@ -43,7 +43,7 @@ users run. Run::
 
     python bin/bench_learning.py                                   # 5 arms x 5 seeds, 2 rounds
     python bin/bench_learning.py --arms grpo,search-e1 --seeds 0   # smoke run
-    python bin/bench_learning.py sweep --seeds 10,11,12 --settings quickstart,lr1e-5,batch8
+    python bin/bench_learning.py sweep --seeds 10,11,12 --settings static,dynamic,batch8
 """
 
 from __future__ import annotations
@@ -445,8 +445,8 @@ SWEEP: dict[str, list[str]] = {
     "fresh-adam": ["--evolver.persist_optimizers", "false"],
     "lr1e-5": ["--grpo.optim.lr", "1.0e-5"],
     "warmup4": ["--grpo.optim.warmup_steps", "4"],
-    "batch8": ["--data.batch_size", "8"],
-    "batch8-lr1e-5": ["--data.batch_size", "8", "--grpo.optim.lr", "1.0e-5"],
+    "batch8": ["--data.batch_size", "8", "--grpo.dynamic_sampling", "false"],
+    "batch8-lr1e-5": ["--data.batch_size", "8", "--grpo.optim.lr", "1.0e-5", "--grpo.dynamic_sampling", "false"],
     "steps8": ["--evolver.grpo_steps", "8"],
     "kl0.01": ["--grpo.kl_coef", "0.01"],
 }

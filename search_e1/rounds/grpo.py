@@ -89,7 +89,7 @@ class GRPOConfig:
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal and refill the batch with fresh questions."""
     dynamic_sampling_max_rollouts: int = 3
-    """DAPO: extra rollouts per step at most while refilling; then the step trains on the groups it has (grpo/dynamic_groups)."""
+    """DAPO: extra rollouts per step at most while refilling; then the step trains on the groups it has."""
     overlong_filter: bool = False
     """DAPO: trajectories cut by rollout.max_total_tokens carry no loss (their tokens are masked)."""
     llds_coef: float = 0.0
