@@ -245,8 +245,8 @@ class GRPOModule(RoundModule):
         if n_kept < n_questions:
             self.dynamic_sampling_short += 1
             log.debug("DAPO dynamic sampling: %d of %d groups with mixed rewards after %d extra rollout(s); "
-                        "the step trains on %s (%d short step(s) so far)", n_kept, n_questions, rollouts,
-                        f"those {n_kept}" if n_kept else "the uniform batch (no gradient)", self.dynamic_sampling_short)
+                      "the step trains on %s (%d short step(s) so far)", n_kept, n_questions, rollouts,
+                      f"those {n_kept}" if n_kept else "the uniform batch (no gradient)", self.dynamic_sampling_short)
         if n_kept == 0:
             return traj, stats
         merged = Trajectory.concat([p for p in parts if len(p)], self.policy.tokenizer.pad_token_id)
