@@ -18,6 +18,7 @@ so the same two calls serve one process and FSDP2 shards.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim.adam import adam
+
+from search_e1.errors import UserInputError, first_line
 
 STATE_DTYPES = ("float32", "bfloat16")
 """Names accepted for the optimiser's moment dtype (`OptimConfig.state_dtype`)."""
@@ -132,13 +135,29 @@ def save_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     under FSDP2 every rank writes its own shards, in one process the whole state. The parameter
     groups' settings are not saved: they come from the config. `load_optimizer_state` reads it back."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     from search_e1.distributed import is_distributed
 
     names = {p: n for n, p in model.named_parameters()}
     state = {names[p]: dict(s) for p, s in optimizer.state.items() if p in names}
-    with _single_process_notice_off():
-        dcp.save({"optimizer": state}, checkpoint_id=str(path), no_dist=not is_distributed())
+    try:
+        with _single_process_notice_off():
+            dcp.save({"optimizer": state}, checkpoint_id=str(path), no_dist=not is_distributed())
+    except (OSError, CheckpointException) as err:  # a full disk shows as torch's "unexpected pos" inside the latter
+        shutil.rmtree(path, ignore_errors=True)
+        raise UserInputError(f"cannot write the optimiser state {path} ({write_failure(err)}; "
+                             f"{shutil.disk_usage(Path(path).parent).free / 1e9:.1f} GB free there): the run keeps "
+                             "its last finished phase: free space, then run the same command") from None
+
+
+def write_failure(err: BaseException) -> str:
+    """The first line of what failed inside a checkpoint write (`CheckpointException` wraps each
+    rank's exception with its stack; its own first line names only the ranks)."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        err = next(iter(failures.values()))[0]
+    return first_line(err)
 
 
 def saved_optimizer_steps(path: str | Path) -> int:

@@ -186,3 +186,26 @@ def test_bf16_state_adamw_steps_fsdp2_shards(tmp_path):
     assert diffs[0] == 0.0
     assert 0 < max(diffs) <= 1e-3
     assert result["restored"] is True and result["saved_steps"] == 5  # shards saved and read back exactly
+
+
+def test_a_failed_optimiser_state_write_is_one_clear_error(tmp_path, monkeypatch):
+    """A full disk fails inside torch's checkpoint writer ("unexpected pos", wrapped per rank in a
+    `CheckpointException`, no `Exception`): the user gets the directory, the writer's own line and
+    the free space, and no half-written state is left behind."""
+    from search_e1.errors import UserInputError
+    from search_e1.optim import save_optimizer_state
+
+    net, x, y = _net_and_data()
+    opt = BF16StateAdamW(net.parameters(), lr=1e-3)
+    _train(net, opt, x, y, 1)
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    target = tmp_path / "checkpoints" / ".optimizer_grpo"
+    with pytest.raises(UserInputError) as caught:
+        save_optimizer_state(net, opt, target)
+    message = str(caught.value)
+    assert str(target) in message and "unexpected pos 704 vs 598" in message and "GB free there" in message
+    assert "\n" not in message and not target.exists()
