@@ -447,7 +447,9 @@ SWEEP: dict[str, list[str]] = {
     "warmup4": ["--grpo.optim.warmup_steps", "4"],
     "batch8": ["--data.batch_size", "8", "--grpo.dynamic_sampling", "false"],
     "batch8-lr1e-5": ["--data.batch_size", "8", "--grpo.optim.lr", "1.0e-5", "--grpo.dynamic_sampling", "false"],
+    "steps6": ["--evolver.grpo_steps", "6"],
     "steps8": ["--evolver.grpo_steps", "8"],
+    "kl1e-3": ["--grpo.kl_coef", "0.001"],
     "kl0.01": ["--grpo.kl_coef", "0.01"],
 }
 """Setting name -> ``search-e1 fit`` flags on top of the config (``--set NAME=FLAGS`` adds one)."""
